@@ -1,0 +1,474 @@
+"""Multiresolution hash grid with tiny-cuda-nn's semantics, in pure PyTorch (any input dimension).
+
+What "tcnn semantics" means here (each point is reproduced, so a tcnn checkpoint's flat ``params`` vector and
+this module's ``params`` are interchangeable):
+
+* **Levels.** For level ``l`` the scale is ``2^(l * log2(per_level_scale)) * base_resolution - 1`` and the
+  resolution is ``ceil(scale) + 1``. tcnn evaluates both in float32 (``exp2f``/``log2f``); :func:`level_scale`
+  emulates that, so the rare level whose scale lands next to an integer gets the same resolution.
+* **Layout.** A level holds ``next_multiple(resolution^D, 8)`` entries, capped at ``2^log2_hashmap_size``
+  (``Hash`` grids) or at ``base_resolution^D`` (``Tiled``); ``Dense`` grids are never capped. Levels are
+  stored one after the other; inside a level entry-major, then feature: the flat index of feature ``f`` of
+  entry ``e`` of level ``l`` is ``(offset_l + e) * F + f``.
+* **Indexing.** The dense index accumulates ``coord_d * stride`` with ``stride`` growing by ``resolution`` per
+  dimension while ``stride <= level size``; if the grid is ``Hash`` and the level size is smaller than the
+  final stride, the coherent prime hash (xor of ``coord_d * prime_d``) replaces it. Everything is uint32
+  arithmetic (wrapping), then ``index mod level size``.
+* **Interpolation.** ``pos = x * scale + 0.5``, ``cell = floor(pos)``, multilinear weights over all ``2^D``
+  corners. Nothing is clamped: coordinates outside ``[0, 1]`` wrap through the uint32 index arithmetic exactly
+  as in tcnn (this matters for the deformation variant, whose warped points ``x + dx`` are unclamped).
+
+Design (memory): the torch path is one ``autograd.Function`` that loops over levels and saves only ``x`` and
+``params`` for the backward pass; the backward recomputes each level's corner indices and weights. Plain
+autograd would keep, per level, the ``[N, 2^D]`` int64 indices, the weights and the gathered ``[N, 2^D, F]``
+features -- about 0.6 GB per level for 10^6 4-D points, ~10 GB for 16 levels -- while the recompute costs one
+extra forward's worth of index arithmetic. Peak extra memory is one level's temporaries (for ``D = 4`` and
+``N = 10^6``: ~130 MB of int64 indices plus ~130 MB of gathered features). The price is that the function is
+once-differentiable (no double backward), which 4D-fy never needs: its normals are finite differences.
+
+Fast path: with ``implementation="auto"`` a CUDA input goes through ``tinycudann`` when it is importable (the
+same flat ``params`` tensor is handed to tcnn, so state dicts do not change); ``"torch"`` always uses the code
+below, ``"tcnn"`` requires tcnn and CUDA inputs.
+"""
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+logger = logging.getLogger(__name__)
+
+HASH_PRIMES: tuple[int, ...] = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+"""tcnn's coherent prime hash factors, one per input dimension (hence at most 7 dimensions)."""
+
+GRID_TYPES: tuple[str, ...] = ("Hash", "Dense", "Tiled")
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "torch", "tcnn")
+
+_UINT32_MASK = 0xFFFFFFFF
+_MAX_DENSE_PARAMS = 0xFFFFFFFF // 2  # tcnn caps a level's dense size at uint32 max / 2 before the hash cap.
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layout (pure functions of the hyper-parameters)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelSpec:
+    """One level of a grid.
+
+    Attributes:
+        scale: float32 scale applied to inputs in ``[0, 1]`` (``pos = x * scale + 0.5``).
+        resolution: vertices per axis of the virtual dense grid, ``ceil(scale) + 1``.
+        size: number of table entries of this level.
+        offset: index of this level's first entry in the whole table.
+        hashed: whether indices come from the prime hash (otherwise from the dense strides).
+        strides: dense strides of the leading dimensions that tcnn folds into the dense index; when the
+            stride loop stops early (only possible for hashed or tiled levels) later dimensions are absent.
+    """
+
+    scale: float
+    resolution: int
+    size: int
+    offset: int
+    hashed: bool
+    strides: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridLayout:
+    """The level table of a grid: ``levels`` plus the total entry count (``n_params = n_entries * F``)."""
+
+    n_input_dims: int
+    n_features_per_level: int
+    levels: tuple[LevelSpec, ...]
+
+    @property
+    def n_entries(self) -> int:
+        """Total number of table entries over all levels."""
+        return sum(level.size for level in self.levels)
+
+    @property
+    def n_params(self) -> int:
+        """Length of the flat parameter vector."""
+        return self.n_entries * self.n_features_per_level
+
+    @property
+    def n_output_dims(self) -> int:
+        """Encoding width: levels x features per level."""
+        return len(self.levels) * self.n_features_per_level
+
+
+def level_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
+    """Scale of one level, ``exp2(level * log2(per_level_scale)) * base_resolution - 1``, in float32 like tcnn.
+
+    Args:
+        level: level index (0 is the coarsest).
+        per_level_scale: growth factor between consecutive levels.
+        base_resolution: resolution parameter of level 0.
+
+    Returns:
+        The float32 value as a Python float.
+    """
+    f32 = np.float32
+    # log2f / exp2f are emulated by rounding the float64 result to float32 (glibc's float versions are
+    # correctly rounded here; numpy's float32 exp2 is not, and is off by one ulp on some levels).
+    log2_scale = f32(math.log2(float(f32(per_level_scale))))
+    power = f32(2.0 ** float(f32(level) * log2_scale))
+    return float(power * f32(base_resolution) - f32(1.0))
+
+
+def _next_multiple(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def grid_layout(
+    n_input_dims: int,
+    n_levels: int,
+    n_features_per_level: int,
+    log2_hashmap_size: int,
+    base_resolution: int,
+    per_level_scale: float,
+    grid_type: str = "Hash",
+) -> GridLayout:
+    """Compute tcnn's level table for a multiresolution grid.
+
+    Args:
+        n_input_dims: input dimension ``D`` (1 to 7; the prime hash has 7 factors).
+        n_levels: number of levels ``L``.
+        n_features_per_level: features per entry ``F``.
+        log2_hashmap_size: ``log2(T)``, the per-level entry cap of hash grids.
+        base_resolution: resolution parameter of level 0.
+        per_level_scale: growth factor between levels.
+        grid_type: ``"Hash"``, ``"Dense"`` or ``"Tiled"``.
+
+    Returns:
+        The :class:`GridLayout`.
+    """
+    if not 1 <= n_input_dims <= len(HASH_PRIMES):
+        raise ValueError(f"n_input_dims must be in [1, {len(HASH_PRIMES)}] (one hash prime per dim), got {n_input_dims}")
+    if n_levels < 1 or n_features_per_level < 1 or base_resolution < 1 or log2_hashmap_size < 1:
+        raise ValueError(
+            "n_levels, n_features_per_level, base_resolution and log2_hashmap_size must be positive, got "
+            f"{n_levels}, {n_features_per_level}, {base_resolution}, {log2_hashmap_size}"
+        )
+    if grid_type not in GRID_TYPES:
+        raise ValueError(f"grid_type must be one of {list(GRID_TYPES)}, got {grid_type!r}")
+    levels = []
+    offset = 0
+    for lvl in range(n_levels):
+        scale = level_scale(lvl, per_level_scale, base_resolution)
+        resolution = int(math.ceil(scale)) + 1
+        if float(np.float32(resolution) ** n_input_dims) > float(_MAX_DENSE_PARAMS):
+            size = _MAX_DENSE_PARAMS
+        else:
+            size = resolution**n_input_dims
+        size = _next_multiple(size, 8)  # tcnn aligns every level to 8 entries
+        if grid_type == "Hash":
+            size = min(size, 1 << log2_hashmap_size)
+        elif grid_type == "Tiled":
+            size = min(size, base_resolution**n_input_dims)
+        # tcnn's stride loop: fold dimensions into a dense index while the stride still fits in the level.
+        strides = []
+        stride = 1
+        for _ in range(n_input_dims):
+            if stride > size:
+                break
+            strides.append(stride)
+            stride = (stride * resolution) & _UINT32_MASK
+        hashed = grid_type == "Hash" and size < stride
+        levels.append(LevelSpec(scale, resolution, size, offset, hashed, tuple(strides)))
+        offset += size
+    return GridLayout(n_input_dims, n_features_per_level, tuple(levels))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-level corner indices and weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _outer(a: Tensor, b: Tensor, op: str) -> Tensor:
+    """Combine per-dimension corner factors: ``a`` [N, K] (lower dims), ``b`` [N, 2] (next dim) -> [N, 2K].
+
+    Either operand may have a leading dimension of 1 (broadcast).
+
+    The new dimension becomes the more significant bit of the corner id, so corner ``c`` takes dimension
+    ``d``'s upper vertex iff bit ``d`` of ``c`` is set (tcnn's corner order).
+    """
+    if op == "xor":
+        out = torch.bitwise_xor(b.unsqueeze(2), a.unsqueeze(1))
+    else:
+        out = b.unsqueeze(2) * a.unsqueeze(1)
+    return out.reshape(out.shape[0], -1)
+
+
+def level_corners(
+    x: Float[Tensor, "N D"], level: LevelSpec
+) -> tuple[Int[Tensor, "N C"], Float[Tensor, "N C"], Float[Tensor, "N D"]]:
+    """Table rows and multilinear weights of the ``2^D`` corners around each point, for one level.
+
+    Args:
+        x: points (normally in ``[0, 1]^D``; outside values wrap like tcnn).
+        level: the level.
+
+    Returns:
+        ``(rows, weights, frac)``: global table rows (level offset included) ``[N, 2^D]`` int64, weights
+        ``[N, 2^D]`` in ``x``'s dtype, and the fractional positions ``[N, D]`` (needed for input gradients).
+    """
+    pos = x * level.scale + 0.5
+    cell_f = torch.floor(pos)
+    frac = pos - cell_f
+    cell = cell_f.to(torch.int64)
+    n_dims = x.shape[1]
+    mask = _UINT32_MASK
+    if level.hashed:
+        rows = None
+        for d in range(n_dims):
+            lo = cell[:, d] * HASH_PRIMES[d]
+            pair = torch.stack([lo, lo + HASH_PRIMES[d]], dim=1) & mask  # (c + 1) * p = c * p + p
+            rows = pair if rows is None else _outer(rows, pair, "xor")
+    else:
+        # index(corner) = sum_d (cell_d + bit_d) * stride_d = base + corner_offset; dimensions past tcnn's
+        # stride loop do not enter the index (both of their vertices map to the same row).
+        corner_ids = torch.arange(1 << n_dims, dtype=torch.int64, device=x.device)  # no host->device copy
+        base = torch.zeros_like(cell[:, 0])
+        corner_offsets = torch.zeros_like(corner_ids)
+        for d, stride in enumerate(level.strides):
+            base = base + cell[:, d] * stride
+            corner_offsets = corner_offsets + ((corner_ids >> d) & 1) * stride
+        rows = (base.unsqueeze(1) + corner_offsets.unsqueeze(0)) & mask
+    size = level.size
+    rows = rows & (size - 1) if size & (size - 1) == 0 else rows % size  # uint32 values are >= 0 here
+    rows = rows + level.offset
+    weights = None
+    for d in range(n_dims):
+        f = frac[:, d]
+        pair = torch.stack([1.0 - f, f], dim=1)
+        weights = pair if weights is None else _outer(weights, pair, "mul")
+    return rows, weights, frac
+
+
+def _weight_derivatives(frac: Tensor) -> list[Tensor]:
+    """d(weight_c)/d(pos_d) for every dimension ``d``: a list of D tensors [N, 2^D]."""
+    n_dims = frac.shape[1]
+    sign = (torch.arange(2, dtype=frac.dtype, device=frac.device) * 2.0 - 1.0).unsqueeze(0)  # [[-1, +1]]
+    pairs = [torch.stack([1.0 - frac[:, d], frac[:, d]], dim=1) for d in range(n_dims)]
+    out = []
+    for grad_dim in range(n_dims):
+        acc = None
+        for d in range(n_dims):
+            pair = sign if d == grad_dim else pairs[d]
+            acc = pair if acc is None else _outer(acc, pair, "mul")
+        out.append(acc)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Autograd function (torch path)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """Forward over all levels; backward recomputes indices/weights level by level (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, params: Tensor, layout: GridLayout) -> Tensor:
+        dtype = torch.promote_types(torch.promote_types(x.dtype, params.dtype), torch.float32)
+        xc = x.to(dtype)
+        table = params.view(-1, layout.n_features_per_level)
+        n_feat = layout.n_features_per_level
+        out = torch.empty(x.shape[0], layout.n_output_dims, dtype=dtype, device=x.device)
+        for i, level in enumerate(layout.levels):
+            rows, weights, _ = level_corners(xc, level)
+            feats = table.index_select(0, rows.reshape(-1)).view(*rows.shape, n_feat).to(dtype)
+            out[:, i * n_feat : (i + 1) * n_feat] = (feats * weights.unsqueeze(-1)).sum(dim=1)
+        ctx.save_for_backward(x, params)
+        ctx.layout = layout
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None]:
+        x, params = ctx.saved_tensors
+        layout: GridLayout = ctx.layout
+        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n_feat = layout.n_features_per_level
+        dtype = grad_out.dtype
+        xc = x.to(dtype)
+        table = params.view(-1, n_feat)
+        grad_table = torch.zeros(table.shape, dtype=dtype, device=params.device) if need_params else None
+        grad_x = torch.zeros_like(xc) if need_x else None
+        for i, level in enumerate(layout.levels):
+            g = grad_out[:, i * n_feat : (i + 1) * n_feat]
+            rows, weights, frac = level_corners(xc, level)
+            if need_params:
+                contrib = weights.unsqueeze(-1) * g.unsqueeze(1)  # [N, 2^D, F]
+                grad_table.index_add_(0, rows.reshape(-1), contrib.reshape(-1, n_feat))
+            if need_x:
+                feats = table.index_select(0, rows.reshape(-1)).view(*rows.shape, n_feat).to(dtype)
+                s = (feats * g.unsqueeze(1)).sum(dim=-1)  # dL/d(weight_c), [N, 2^D]
+                for d, dw in enumerate(_weight_derivatives(frac)):
+                    grad_x[:, d] += level.scale * (dw * s).sum(dim=1)  # dpos/dx = scale
+        grad_params = grad_table.reshape(-1).to(params.dtype) if need_params else None
+        return (grad_x.to(x.dtype) if need_x else None), grad_params, None
+
+
+def hash_grid_encode(x: Float[Tensor, "N D"], params: Float[Tensor, " P"], layout: GridLayout) -> Float[Tensor, "N C"]:
+    """Encode points with a multiresolution grid (torch implementation).
+
+    Args:
+        x: points, normally in ``[0, 1]^D``.
+        params: the flat table, ``layout.n_params`` values (level-major, entry-major, then feature).
+        layout: the grid's :class:`GridLayout`.
+
+    Returns:
+        ``[N, L * F]`` features, level-major (``F`` per level), in the promoted dtype of ``x`` and ``params``
+        (at least float32). Differentiable once w.r.t. ``x`` and ``params``.
+    """
+    if x.shape[1] != layout.n_input_dims:
+        raise ValueError(f"x has {x.shape[1]} coordinates per point, the grid expects {layout.n_input_dims}")
+    if params.numel() != layout.n_params:
+        raise ValueError(f"params has {params.numel()} values, the layout needs {layout.n_params}")
+    return _HashGridFunction.apply(x, params, layout)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optional tiny-cuda-nn fast path
+# --------------------------------------------------------------------------------------------------------------
+
+_tcnn_module: Any = None
+_tcnn_checked = False
+
+
+def tcnn_module() -> Any:
+    """Return the ``tinycudann`` module, or ``None`` if it cannot be imported (checked once, logged once)."""
+    global _tcnn_module, _tcnn_checked
+    if not _tcnn_checked:
+        _tcnn_checked = True
+        try:
+            import tinycudann  # noqa: PLC0415  (optional dependency)
+
+            _tcnn_module = tinycudann
+        except (ImportError, OSError) as e:  # tcnn raises EnvironmentError (OSError) without a usable GPU
+            logger.info("tinycudann is not available (%s); hash grids use the pure-PyTorch implementation.", e)
+            _tcnn_module = None
+    return _tcnn_module
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Module
+# --------------------------------------------------------------------------------------------------------------
+
+
+class HashGrid(nn.Module):
+    """Trainable multiresolution grid (tcnn ``HashGrid``/``Grid`` semantics) for ``n_input_dims``-D inputs.
+
+    The only state is ``params``: one flat parameter vector, initialised ``U(-1e-4, 1e-4)`` like tcnn, so
+    state-dict keys end in ``.params`` and match a tcnn checkpoint element for element.
+
+    Args:
+        n_input_dims: input dimension ``D``.
+        n_levels: number of levels ``L``.
+        n_features_per_level: features per level ``F``.
+        log2_hashmap_size: log2 of the per-level entry cap.
+        base_resolution: resolution parameter of level 0.
+        per_level_scale: growth factor between levels.
+        grid_type: ``"Hash"`` (default), ``"Dense"`` or ``"Tiled"``.
+        implementation: ``"auto"`` (tcnn for CUDA inputs when importable, else torch), ``"torch"`` or ``"tcnn"``.
+    """
+
+    def __init__(
+        self,
+        n_input_dims: int,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 2.0,
+        grid_type: str = "Hash",
+        implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {list(IMPLEMENTATIONS)}, got {implementation!r}")
+        if implementation == "tcnn" and tcnn_module() is None:
+            raise RuntimeError(
+                "implementation='tcnn' was requested but tinycudann cannot be imported; install tiny-cuda-nn's "
+                "torch bindings or use implementation='auto'/'torch'."
+            )
+        self.layout = grid_layout(
+            n_input_dims, n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale, grid_type
+        )
+        self.n_input_dims = n_input_dims
+        self.n_output_dims = self.layout.n_output_dims
+        self.implementation = implementation
+        self.tcnn_config = {
+            "otype": "Grid",
+            "type": grid_type,
+            "n_levels": n_levels,
+            "n_features_per_level": n_features_per_level,
+            "log2_hashmap_size": log2_hashmap_size,
+            "base_resolution": base_resolution,
+            "per_level_scale": per_level_scale,
+            "interpolation": "Linear",
+        }
+        self.params = nn.Parameter(torch.empty(self.layout.n_params).uniform_(-1e-4, 1e-4))
+        # The tcnn module is kept out of the module tree (no duplicate `params` in the state dict, not moved by
+        # .to()); it is built lazily, on the device of the first CUDA input.
+        self.__dict__["_tcnn_encoding"] = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_input_dims={self.n_input_dims}, n_levels={len(self.layout.levels)}, "
+            f"n_features_per_level={self.layout.n_features_per_level}, n_params={self.layout.n_params}, "
+            f"implementation={self.implementation!r}"
+        )
+
+    def uses_tcnn(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` would route ``x`` through tiny-cuda-nn."""
+        if self.implementation == "torch":
+            return False
+        if self.implementation == "tcnn":
+            if not x.is_cuda:
+                raise RuntimeError(f"implementation='tcnn' needs CUDA inputs, got a tensor on {x.device}")
+            return True
+        return x.is_cuda and tcnn_module() is not None
+
+    def _tcnn_forward(self, x: Tensor) -> Tensor:
+        enc = self.__dict__["_tcnn_encoding"]
+        if enc is None or enc.params.device != x.device:
+            tcnn = tcnn_module()
+            with torch.cuda.device(x.device):
+                enc = tcnn.Encoding(self.n_input_dims, self.tcnn_config, dtype=torch.float32)
+            if enc.n_output_dims != self.n_output_dims or enc.params.numel() != self.layout.n_params:
+                raise RuntimeError(
+                    f"tinycudann's grid layout ({enc.params.numel()} params, {enc.n_output_dims} outputs) differs "
+                    f"from the torch layout ({self.layout.n_params}, {self.n_output_dims}); use implementation='torch'."
+                )
+            enc.params.data = torch.empty(0, device=x.device)  # our `params` is swapped in at call time
+            self.__dict__["_tcnn_encoding"] = enc
+        params = self.params if self.params.dtype == torch.float32 else self.params.float()
+        out = torch.func.functional_call(enc, {"params": params}, (x.float(),))
+        return out.float()
+
+    def forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N C"]:
+        """Encode ``x`` (``[N, D]``, normally in ``[0, 1]^D``) into ``[N, L * F]`` level-major features."""
+        if x.shape[1] != self.n_input_dims:
+            raise ValueError(f"HashGrid expects {self.n_input_dims} coordinates per point, got x of shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.n_output_dims, dtype=self.params.dtype, device=x.device)
+        if self.uses_tcnn(x):
+            return self._tcnn_forward(x)
+        return hash_grid_encode(x, self.params, self.layout)
+
+
+def level_summary(layout: GridLayout) -> Sequence[tuple[int, int, bool]]:
+    """``(resolution, size, hashed)`` per level, for logs and tests."""
+    return [(lv.resolution, lv.size, lv.hashed) for lv in layout.levels]

@@ -1,0 +1,110 @@
+"""Small MLPs (threestudio's ``VanillaMLP``) and the ``get_mlp`` factory."""
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from fourdfy.geometry.encoding_configs import VanillaMLPConfig, parse_mlp_config
+
+_ACTIVATION_MODULES = {
+    "none": nn.Identity,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+}
+
+
+class _Exp(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.exp(x)
+
+
+def make_activation(name: Optional[str]) -> nn.Module:
+    """Parameter-free activation module for a tcnn/threestudio activation name (``None``/``"none"``: identity).
+
+    Args:
+        name: case-insensitive name, one of none, ReLU, Sigmoid, Tanh, Softplus, Exponential.
+    """
+    key = "none" if name is None else name.lower()
+    if key == "exponential":
+        return _Exp()
+    if key not in _ACTIVATION_MODULES:
+        raise ValueError(f"unknown activation {name!r}; use one of none, ReLU, Sigmoid, Tanh, Softplus, Exponential")
+    return _ACTIVATION_MODULES[key]()
+
+
+class VanillaMLP(nn.Module):
+    """``Linear(in, n) -> act -> [Linear(n, n) -> act] x (n_hidden_layers - 1) -> Linear(n, out) -> out_act``.
+
+    Linear layers sit at the even indices of ``layers`` (``layers.0.weight``, ``layers.2.weight``, ...), the
+    state-dict layout of 4D-fy checkpoints. Biases are off by default, as in threestudio. The MLP always runs
+    in full precision with autocast disabled (inputs are cast to the weights' dtype, float32 in practice), so
+    16-mixed training does not change it.
+
+    Args:
+        n_input_dims: input width.
+        n_output_dims: output width.
+        n_neurons: hidden width.
+        n_hidden_layers: number of hidden layers (>= 1).
+        activation: hidden activation name (threestudio always uses ReLU; 4D-fy configs say ``ReLU``).
+        output_activation: output activation name, ``"none"`` for identity.
+        bias: whether the linear layers have biases.
+    """
+
+    def __init__(
+        self,
+        n_input_dims: int,
+        n_output_dims: int,
+        n_neurons: int,
+        n_hidden_layers: int,
+        activation: str = "ReLU",
+        output_activation: Optional[str] = "none",
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_hidden_layers < 1:
+            raise ValueError(f"n_hidden_layers must be at least 1, got {n_hidden_layers}")
+        self.n_input_dims = n_input_dims
+        self.n_output_dims = n_output_dims
+        layers: list[nn.Module] = [nn.Linear(n_input_dims, n_neurons, bias=bias), make_activation(activation)]
+        for _ in range(n_hidden_layers - 1):
+            layers += [nn.Linear(n_neurons, n_neurons, bias=bias), make_activation(activation)]
+        layers.append(nn.Linear(n_neurons, n_output_dims, bias=bias))
+        self.layers = nn.Sequential(*layers)
+        self.output_activation = make_activation(output_activation)
+
+    def forward(self, x: Float[Tensor, "*batch I"]) -> Float[Tensor, "*batch O"]:
+        """Apply the MLP to ``[..., n_input_dims]`` inputs in full precision."""
+        weight_dtype = self.layers[0].weight.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.output_activation(self.layers(x.to(weight_dtype)))
+
+
+def get_mlp(
+    n_input_dims: int, n_output_dims: int, config: Union[Mapping[str, Any], VanillaMLPConfig], path: str
+) -> VanillaMLP:
+    """Build an MLP from a tcnn-style network dict (``otype: VanillaMLP``).
+
+    Args:
+        n_input_dims: input width.
+        n_output_dims: output width.
+        config: the raw dict (or parsed :class:`VanillaMLPConfig`).
+        path: dotted config location, for error messages.
+
+    Raises:
+        ConfigError: unknown otype/key or invalid value, naming the dotted key.
+    """
+    cfg = parse_mlp_config(config, path)
+    return VanillaMLP(
+        n_input_dims,
+        n_output_dims,
+        n_neurons=cfg.n_neurons,
+        n_hidden_layers=cfg.n_hidden_layers,
+        activation=cfg.activation,
+        output_activation=cfg.output_activation,
+        bias=cfg.bias,
+    )
