@@ -1,0 +1,269 @@
+"""Random single-view (and video) training cameras and the evaluation camera paths (4D-fy's ``uncond.py``)."""
+
+import bisect
+import dataclasses
+from typing import Optional, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from fourdfy.config import ConfigError, choice
+from fourdfy.data import cameras as cam
+from fourdfy.data.batch import BatchKind, CameraBatch
+
+
+@dataclasses.dataclass
+class RandomCameraConfig:
+    """Random-camera settings (``data.single_view``); defaults are 4D-fy's, configs override most of them."""
+
+    height: Union[int, list[int]] = 64
+    """Training image height, or one value per resolution phase (see ``resolution_milestones``)."""
+    width: Union[int, list[int]] = 64
+    """Training image width, or one value per phase."""
+    batch_size: Union[int, list[int]] = 1
+    """Cameras per batch, or one value per phase."""
+    resolution_milestones: list[int] = dataclasses.field(default_factory=list)
+    """Steps at which the next phase starts (the switch happens at the milestone step, inclusive)."""
+    eval_height: int = 512
+    eval_width: int = 512
+    eval_batch_size: int = 1
+    """Only 1 is supported (as in 4D-fy)."""
+    n_val_views: int = 1
+    n_test_views: int = 120
+    elevation_range: tuple[float, float] = (-10.0, 90.0)
+    """Degrees."""
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    """Degrees."""
+    camera_distance_range: tuple[float, float] = (1.0, 1.5)
+    fovy_range: tuple[float, float] = (40.0, 70.0)
+    """Vertical field of view, degrees."""
+    camera_perturb: float = 0.1
+    """Std of Gaussian noise added to camera positions."""
+    center_perturb: float = 0.2
+    """Std of Gaussian noise added to the look-at point."""
+    up_perturb: float = 0.02
+    """Std of Gaussian noise added to the up vector."""
+    light_position_perturb: float = 1.0
+    light_distance_range: tuple[float, float] = (0.8, 1.5)
+    eval_elevation_deg: float = 15.0
+    eval_camera_distance: float = 1.5
+    eval_fovy_deg: float = 70.0
+    light_sample_strategy: str = choice("dreamfusion", ("dreamfusion",), "Only the DreamFusion strategy (4D-fy's).")
+    batch_uniform_azimuth: bool = True
+    """Stratify azimuths over the batch."""
+    static: bool = True
+    """Static scene (stages 1-2): one time, 0."""
+    num_frames: int = 1
+    """Frames per video clip (dynamic stages)."""
+    sample_rand_frames: Optional[str] = choice(None, (None, "t0"), "'t0': clips start at t0 ~ U[0, 1/N).")
+    simultan: bool = False
+    """Dynamic stages: the single-view branch may draw video clips."""
+    prob_single_view_video: Optional[float] = None
+    """Probability that a single-view batch is a video clip (when ``simultan``)."""
+    width_vid: int = 64
+    """Video clip render width."""
+    height_vid: int = 64
+    """Video clip render height."""
+    num_frames_factor: int = 1
+    """Evaluation renders ``num_frames * num_frames_factor`` times."""
+    train_dynamic_camera: bool = False
+    """Moving cameras within a clip: broken in 4D-fy and not supported here (must stay false)."""
+    num_test_loop_factor: int = 1
+    """Accepted for 4D-fy compatibility; only used by 4D-fy's unused ``test_traj`` paths (must stay 1)."""
+    num_test_loop_static: int = 4
+    """Accepted for 4D-fy compatibility; only used by 4D-fy's unused ``test_traj`` paths (must stay 4)."""
+    test_traj: Optional[str] = choice(None, (None, "motion_smooth", "motion_smooth_full"), "Dynamic test path.")
+
+    def __post_init__(self) -> None:
+        phases = len(self.resolution_milestones) + 1
+        for name in ("height", "width", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) not in (1, phases):
+                raise ConfigError(
+                    f"{name}: {len(value)} values for {phases} resolution phases "
+                    f"(resolution_milestones={self.resolution_milestones})"
+                )
+        if self.train_dynamic_camera:
+            raise ConfigError("train_dynamic_camera: true is not supported (4D-fy's implementation is broken)")
+        if self.num_test_loop_factor != 1 or self.num_test_loop_static != 4:
+            raise ConfigError("num_test_loop_factor/num_test_loop_static: only 4D-fy's defaults (1/4) are supported")
+        if self.eval_batch_size != 1:
+            raise ConfigError("eval_batch_size: only 1 is supported")
+        if self.prob_single_view_video is not None and not 0.0 <= self.prob_single_view_video <= 1.0:
+            raise ConfigError("prob_single_view_video: must be in [0, 1]")
+        if self.num_frames < 1:
+            raise ConfigError("num_frames: must be >= 1")
+
+
+def phase_value(value: Union[int, list[int]], milestones: list[int], global_step: int) -> int:
+    """The value of a per-phase setting at a step: ``bisect_right([-1] + milestones, step) - 1`` picks the phase."""
+    if isinstance(value, int):
+        return value
+    if len(value) == 1:
+        return value[0]
+    return value[bisect.bisect_right([-1] + milestones, global_step) - 1]
+
+
+def make_batch(
+    elevation: Float[Tensor, "B"],
+    azimuth: Float[Tensor, "B"],
+    distance: Float[Tensor, "B"],
+    fovy: Float[Tensor, "B"],
+    height: int,
+    width: int,
+    times: Float[Tensor, "T"],
+    kind: BatchKind,
+    light_positions: Optional[Float[Tensor, "B 3"]] = None,
+    center: Optional[Float[Tensor, "B 3"]] = None,
+    up: Optional[Float[Tensor, "B 3"]] = None,
+    position_noise: Optional[Float[Tensor, "B 3"]] = None,
+    index: Optional[Tensor] = None,
+    times_video: Optional[Tensor] = None,
+) -> CameraBatch:
+    """Build a :class:`CameraBatch` from camera parameters (the shared tail of every sampler)."""
+    b = elevation.shape[0]
+    positions = cam.spherical_to_position(elevation, azimuth, distance)
+    if position_noise is not None:
+        positions = positions + position_noise
+    center = torch.zeros(b, 3) if center is None else center
+    up = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3) if up is None else up
+    c2w = cam.look_at_c2w(positions, center, up)
+    focal = cam.focal_from_fovy(fovy, height)
+    rays_o, rays_d = cam.rays_from_c2w(cam.camera_ray_directions(height, width, focal), c2w)
+    mvp = cam.mvp_matrix(c2w, cam.projection_matrix(fovy, width / height))
+    return CameraBatch(
+        rays_o=rays_o,
+        rays_d=rays_d,
+        mvp_mtx=mvp,
+        c2w=c2w,
+        camera_positions=positions,
+        light_positions=positions.clone() if light_positions is None else light_positions,
+        elevation=elevation,
+        azimuth=azimuth,
+        camera_distances=distance,
+        fovy=fovy,
+        times=times,
+        height=height,
+        width=width,
+        kind=kind,
+        index=index,
+        times_video=times_video,
+    )
+
+
+class RandomCameraSampler:
+    """Draws single-view training batches (image, or video clip in dynamic stages)."""
+
+    def __init__(self, cfg: RandomCameraConfig) -> None:
+        self.cfg = cfg
+        self.height = phase_value(cfg.height, cfg.resolution_milestones, 0)
+        self.width = phase_value(cfg.width, cfg.resolution_milestones, 0)
+        self.batch_size = phase_value(cfg.batch_size, cfg.resolution_milestones, 0)
+
+    def update_step(self, global_step: int) -> None:
+        """Switch resolution and batch size at the milestones."""
+        c = self.cfg
+        self.height = phase_value(c.height, c.resolution_milestones, global_step)
+        self.width = phase_value(c.width, c.resolution_milestones, global_step)
+        self.batch_size = phase_value(c.batch_size, c.resolution_milestones, global_step)
+
+    def wants_video(self) -> bool:
+        """Whether this draw is a video clip (tosses the coin when the stage allows video)."""
+        c = self.cfg
+        if c.static or not c.simultan or c.prob_single_view_video is None:
+            return False
+        return torch.rand(()).item() < c.prob_single_view_video
+
+    def sample(self) -> CameraBatch:
+        """One random batch."""
+        c = self.cfg
+        is_video = self.wants_video()
+        b = self.batch_size
+        elevation = cam.sample_elevation(b, c.elevation_range)
+        if c.batch_uniform_azimuth:
+            azimuth = cam.stratified_azimuth(b, c.azimuth_range)
+        else:
+            azimuth = cam.sample_uniform(b, c.azimuth_range)
+        distance = cam.sample_uniform(b, c.camera_distance_range)
+        fovy = cam.sample_uniform(b, c.fovy_range)
+        noise = torch.randn(b, 3) * c.camera_perturb
+        center = torch.randn(b, 3) * c.center_perturb
+        up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(b, 3) * c.up_perturb
+        positions = cam.spherical_to_position(elevation, azimuth, distance) + noise
+        light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
+        n_times = 1 if c.static else c.num_frames
+        times = cam.frame_times(n_times, None if c.static else c.sample_rand_frames)
+        if not is_video and n_times > 1:
+            # an image step of a dynamic stage renders one of the clip's times, drawn at random (4D-fy)
+            times = times[torch.randint(n_times, (1,))]
+        height, width = (c.height_vid, c.width_vid) if is_video else (self.height, self.width)
+        return make_batch(
+            elevation, azimuth, distance, fovy, height, width, times,
+            BatchKind.VIDEO if is_video else BatchKind.SINGLE_VIEW,
+            light_positions=light, center=center, up=up, position_noise=noise,
+        )  # fmt: skip
+
+
+def eval_views(cfg: RandomCameraConfig, split: str) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Azimuths (degrees), per-view times, and the validation video times for an evaluation split.
+
+    Static: ``val`` has ``n_val_views`` views and ``test`` ``n_test_views`` views on ``linspace(0, 360, n)``, time 0.
+    Dynamic (``static: false``), with ``N = num_frames * num_frames_factor`` times:
+
+    - ``val``: one view at azimuth 0 whose video is rendered at ``linspace(0, 1, N)``;
+    - ``test`` with ``test_traj: motion_smooth``: ``2N - 4`` views: four times a hold of N/4 views at
+      ``(4 - i) * 90`` degrees then a sweep to ``(3 - i) * 90`` in N/4 - 1 steps, with times
+      ``linspace(0, 1, N)[:N-2]`` repeated twice; ``motion_smooth_full`` keeps every sweep end (2N views);
+    - ``test`` with no trajectory: four times N holds at ``i * 90`` plus an N-step sweep to ``(i + 1) * 90``.
+
+    Returns:
+        (azimuth_deg [V], times [V], times_video [N] or None).
+    """
+    n_frames = cfg.num_frames * cfg.num_frames_factor
+    if cfg.static:
+        n = cfg.n_val_views if split == "val" else cfg.n_test_views
+        return torch.linspace(0.0, 360.0, n), torch.zeros(n), None
+    video_times = torch.linspace(0.0, 1.0, n_frames)
+    if split == "val":
+        return torch.zeros(1), torch.zeros(1), video_times
+    if cfg.test_traj in ("motion_smooth", "motion_smooth_full"):
+        full = cfg.test_traj == "motion_smooth_full"
+        n_az = (2 * n_frames) // 8
+        azimuths = []
+        for i in range(4):
+            start, end = (4 - i) * 90.0, (3 - i) * 90.0
+            azimuths.append(torch.full((n_az,), start))
+            sweep = torch.linspace(start, end, n_az)
+            azimuths.append(sweep if full else sweep[1:])
+        azimuth = torch.cat(azimuths)
+        base = video_times if full else video_times[: n_frames - 2]
+        times = base.repeat(2)
+        return azimuth, times[: azimuth.shape[0]], video_times
+    azimuths, times = [], []
+    for i in range(4):
+        azimuths += [torch.full((n_frames,), i * 90.0), torch.linspace(i * 90.0, (i + 1) * 90.0, n_frames)]
+        times += [video_times, video_times]
+    return torch.cat(azimuths), torch.cat(times), video_times
+
+
+class EvalCameraDataset(torch.utils.data.Dataset):
+    """Fixed evaluation cameras: elevation ``eval_elevation_deg``, distance ``eval_camera_distance``, fovy
+    ``eval_fovy_deg``, ``eval_height x eval_width``; the light sits at the camera."""
+
+    def __init__(self, cfg: RandomCameraConfig, split: str) -> None:
+        self.cfg = cfg
+        self.split = split
+        self.azimuth, self.times, self.times_video = eval_views(cfg, split)
+
+    def __len__(self) -> int:
+        return self.azimuth.shape[0]
+
+    def __getitem__(self, i: int) -> CameraBatch:
+        c = self.cfg
+        one = torch.ones(1)
+        return make_batch(
+            one * c.eval_elevation_deg, self.azimuth[i : i + 1], one * c.eval_camera_distance, one * c.eval_fovy_deg,
+            c.eval_height, c.eval_width, self.times[i : i + 1], BatchKind.EVAL,
+            index=torch.tensor([i]), times_video=self.times_video,
+        )  # fmt: skip

