@@ -1,0 +1,132 @@
+"""``launch.py --pipeline <file> --train ...``: run the stages of a pipeline file in order.
+
+A pipeline file lists stage configs (paths relative to the file) and optional per-stage overrides::
+
+    stages:
+      - config: fourdfy_stage_1.yaml
+      - config: fourdfy_stage_2.yaml
+
+Every stage gets the command-line overrides, and every stage after the first gets
+``system.weights=<previous stage's trial>/ckpts/last.ckpt``. All stage configs are validated before the first
+stage starts. Each stage runs in its own process (``launch.py --config ... --train``), so a data-parallel stage
+starts its ranks cleanly.
+
+On a rerun, a stage whose finished trial already exists is skipped and its checkpoint handed on. A trial counts as
+finished when its ``last.ckpt`` reached ``trainer.max_steps`` and its test video exists, and it matches when its
+``parsed.yaml`` equals this stage's resolved config apart from the trial-folder fields (so the same prompt, seed,
+settings and the same previous-stage checkpoint). A matching trial killed after writing a checkpoint is resumed
+from it instead of restarting.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from fourdfy.config import ConfigError, parse_config
+from fourdfy.experiment import load_config
+
+logger = logging.getLogger("fourdfy.pipeline")
+
+VOLATILE_KEYS = ("timestamp", "exp_dir", "trial_name", "trial_dir", "n_gpus", "resume")
+LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+
+
+@dataclasses.dataclass
+class PipelineStage:
+    config: str
+    """Stage config file, relative to the pipeline file."""
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    """``key=value`` overrides for this stage only (the command line's come after them)."""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    stages: list[PipelineStage]
+    """Stages in order; each starts from the previous one's last checkpoint."""
+    description: str = ""
+
+
+def load_pipeline(path: str) -> tuple[PipelineConfig, list[str]]:
+    """The parsed pipeline and the absolute stage config paths."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"pipeline file not found: {path}")
+    tree = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+    pipe = parse_config(PipelineConfig, tree, "pipeline")
+    if not pipe.stages:
+        raise ConfigError(f"{path}: `stages` is empty")
+    paths = [str((file.parent / s.config).resolve()) for s in pipe.stages]
+    return pipe, paths
+
+
+def comparable(raw: dict) -> dict:
+    """A resolved config without the fields that name the trial folder."""
+    return {k: v for k, v in raw.items() if k not in VOLATILE_KEYS}
+
+
+def find_trial(cfg, raw: dict) -> tuple[Optional[Path], bool]:
+    """The newest existing trial of this stage with the same resolved config, and whether it is finished."""
+    exp_dir = Path(cfg.exp_dir)
+    if not exp_dir.is_dir():
+        return None, False
+    want = comparable(raw)
+    for trial in sorted(exp_dir.glob(f"{cfg.tag}@*"), reverse=True):
+        parsed = trial / "configs" / "parsed.yaml"
+        if not parsed.is_file():
+            continue
+        if comparable(OmegaConf.to_container(OmegaConf.load(parsed), resolve=False)) != want:
+            continue
+        ckpt = trial / "ckpts" / "last.ckpt"
+        if not ckpt.is_file():
+            continue
+        step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        max_steps = int(raw.get("trainer", {}).get("max_steps", -1))
+        tested = any((trial / "save").glob(f"it{step}-test.*"))
+        return trial, (step >= max_steps and tested)
+    return None, False
+
+
+def run_pipeline(args: argparse.Namespace, extras: list[str]) -> int:
+    """Run (or skip) each stage; returns the first failing stage's exit code, else 0."""
+    if not args.train:
+        raise ConfigError("--pipeline runs training: add --train")
+    pipe, paths = load_pipeline(args.pipeline)
+    # validate every stage before running any (a placeholder stands for checkpoints not written yet)
+    for i, path in enumerate(paths):
+        weights = ["system.weights=<previous stage>/ckpts/last.ckpt"] if i > 0 else []
+        load_config([path], [*pipe.stages[i].overrides, *extras, *weights])
+    previous: Optional[Path] = None
+    for i, (stage, path) in enumerate(zip(pipe.stages, paths)):
+        overrides = [*stage.overrides, *extras]
+        if previous is not None:
+            overrides.append(f"system.weights={previous}")
+        cfg, raw = load_config([path], overrides)
+        trial, finished = find_trial(cfg, raw)
+        if finished:
+            logger.info("stage %d (%s): finished trial %s found, skipping", i + 1, cfg.name, trial)
+            previous = trial / "ckpts" / "last.ckpt"
+            continue
+        if trial is not None:
+            logger.info("stage %d (%s): resuming %s from its last checkpoint", i + 1, cfg.name, trial)
+            cmd = ["--config", str(trial / "configs" / "parsed.yaml"), f"resume={trial / 'ckpts' / 'last.ckpt'}"]
+        else:
+            stamp = datetime.datetime.now().strftime("@%Y%m%d-%H%M%S")
+            cmd = ["--config", path, *overrides, f"timestamp='{stamp}'"]
+            cfg, _ = load_config([path], [*overrides, f"timestamp='{stamp}'"])
+            trial = Path(cfg.trial_dir)
+            logger.info("stage %d (%s): training in %s", i + 1, cfg.name, trial)
+        full = [sys.executable, str(LAUNCH), *cmd, "--train", "--gpu", args.gpu] + (["--verbose"] if args.verbose else [])
+        rc = subprocess.run(full).returncode
+        if rc != 0:
+            logger.error("stage %d (%s) failed with exit code %d", i + 1, cfg.name, rc)
+            return rc
+        previous = trial / "ckpts" / "last.ckpt"
+    return 0
