@@ -99,7 +99,7 @@ def load_yaml_tree(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
     parents = tree.pop(EXTENDS_KEY, None)
     if parents is None:
-        return strip_markers(tree)
+        return tree  # markers stay until the tree is merged over its base (another file or {})
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
