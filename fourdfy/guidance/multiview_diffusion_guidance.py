@@ -29,6 +29,7 @@ from fourdfy.guidance import sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
+from fourdfy.utils.random_models import RANDOM_MVDREAM, random_mvdream
 from fourdfy.utils.tiny_models import TINY_TEXT_DIM, seeded
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ TINY_VAE_CONFIG = dict(
     sample_size=64, scaling_factor=0.18215,
 )  # fmt: skip
 
-MODEL_NAMES = ("sd-v2.1-base-4view", TINY_MVDREAM)
+MODEL_NAMES = ("sd-v2.1-base-4view", TINY_MVDREAM, RANDOM_MVDREAM)
 
 
 def build_tiny_mvdream() -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
@@ -94,8 +95,8 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         """Blend towards the conditional prediction's std, per object."""
 
         def __post_init__(self) -> None:
-            if self.model_name == TINY_MVDREAM and self.ckpt_path is not None:
-                raise ConfigError("ckpt_path: the tiny test model has no checkpoint; leave ckpt_path null")
+            if self.model_name in (TINY_MVDREAM, RANDOM_MVDREAM) and self.ckpt_path is not None:
+                raise ConfigError(f"ckpt_path: {self.model_name} has random weights and no checkpoint; leave it null")
             if self.image_size % 8 != 0:
                 raise ConfigError("image_size: must be a multiple of 8 (the VAE downsamples by 8)")
             if not 0.0 <= self.recon_std_rescale <= 1.0:
@@ -109,6 +110,8 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         c = self.cfg
         if c.model_name == TINY_MVDREAM:
             unet, vae, table = build_tiny_mvdream()
+        elif c.model_name == RANDOM_MVDREAM:
+            unet, vae, table = random_mvdream()
         else:
             unet, vae, table = self._load_pretrained()
         self.unet = self.freeze(unet)

@@ -63,6 +63,7 @@ from fourdfy.guidance.lora import inject_lora
 from fourdfy.guidance.multiview_diffusion_guidance import TINY_VAE_CONFIG
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
+from fourdfy.utils.random_models import RANDOM_SD_BASE, RANDOM_SD_V, random_sd_unet, random_sd_vae
 from fourdfy.utils.tiny_models import TINY_TEXT_DIM, seeded
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,12 @@ def load_sd_components(name: str, key: str, with_vae: bool) -> SDComponents:
     """
     if name in TINY_SD_NAMES:
         return build_tiny_sd(name, with_vae)
+    if name in (RANDOM_SD_BASE, RANDOM_SD_V):
+        from diffusers import DDPMScheduler
+
+        is_v = name == RANDOM_SD_V
+        scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG, prediction_type="v_prediction" if is_v else "epsilon")
+        return SDComponents(random_sd_unet(is_v), scheduler, random_sd_vae() if with_vae else None)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from huggingface_hub.errors import HFValidationError
 

@@ -8,6 +8,7 @@ from torch import Tensor
 from fourdfy.errors import MissingWeightsError
 from fourdfy.prompt_processors.base import PromptProcessor
 from fourdfy.registry import register
+from fourdfy.utils.random_models import RANDOM_SD_TEXT, random_sd_text_encoder
 from fourdfy.utils.tiny_models import TINY_CLIP, TinyCharTokenizer, tiny_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class StableDiffusionPromptProcessor(PromptProcessor):
         if model == TINY_CLIP:
             ids = TinyCharTokenizer()(prompts)
             encoder = tiny_text_encoder()
+        elif model == RANDOM_SD_TEXT:
+            ids = TinyCharTokenizer()(prompts)
+            encoder = random_sd_text_encoder()
         else:
             tokenizer, encoder = load_clip_text_encoder(model, key)
             ids = tokenizer(

@@ -1,0 +1,170 @@
+"""Per-iteration time and peak memory of a 4D-fy training stage at its real settings, with full-size random-weight
+networks (no downloads: the benchmark machines have no network).
+
+    python benchmarks/train_step.py --stage 1 --phase early     # MVDream: 8 views at 64x64 (steps < 5000)
+    python benchmarks/train_step.py --stage 1 --phase late      # MVDream: 4 views at 256x256
+    python benchmarks/train_step.py --stage 2                   # MVDream 50 % / VSD (SD 2.1 + LoRA) 50 %
+    python benchmarks/train_step.py --stage 1 --tiny --device cpu --steps 3   # smoke run of this script
+
+It runs the real Lightning training loop (``fourdfy-system``, data module, renderer, guidances, AdamW) on the stage's
+config with the pretrained networks replaced by reserved random-weight names (``fourdfy/utils/random_models.py``),
+times every iteration (CUDA-synchronised) after a warm-up, and writes a JSON to ``benchmarks/results/``.
+Validation, test and checkpoints are switched off. Timings depend on the random field's occupancy (the number of
+samples per ray), which is reported too.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RANDOM_OVERRIDES = [
+    "system.prompt_processor.pretrained_model_name_or_path=random-init-sd-2-1-text",
+    "system.prompt_processor_multi_view.pretrained_model_name_or_path=random-init-sd-2-1-text",
+    "system.prompt_processor.spawn=false",
+    "system.prompt_processor_multi_view.spawn=false",
+    "system.guidance_multi_view.model_name=random-init-sd-v2.1-base-4view",
+    "system.guidance.pretrained_model_name_or_path=random-init-sd-2-1-base",
+    "system.guidance.pretrained_model_name_or_path_lora=random-init-sd-2-1",
+]
+
+
+def card_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--phase", choices=("early", "late"), default="late",
+                        help="stage 1 only: early = 8 views at 64^2 (steps < 5000), late = 4 views at 256^2")
+    parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
+    parser.add_argument("--steps", type=int, default=30, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny smoke config instead of full-size networks")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
+    args = parser.parse_args()
+
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import pytorch_lightning as pl
+    import torch
+
+    from fourdfy.experiment import load_config
+    from fourdfy.registry import build
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device; use --device cpu")
+    variant = "_low_vram" if args.low_vram else ""
+    if args.tiny:
+        config = ROOT / "configs" / "smoke" / f"fourdfy_stage_{args.stage}_tiny.yaml"
+        overrides = []
+    else:
+        config = ROOT / "configs" / f"fourdfy_stage_{args.stage}{variant}.yaml"
+        overrides = list(RANDOM_OVERRIDES)
+    if args.stage == 1:
+        # pick the resolution phase directly: milestone at step 0 = the late phase from the first step
+        overrides.append("data.multi_view.resolution_milestones=[0]" if args.phase == "late"
+                         else "data.multi_view.resolution_milestones=[1000000]")  # fmt: skip
+    total = args.warmup + args.steps
+    overrides += ["system.prompt_processor.prompt=a panda dancing", f"trainer.max_steps={total}",
+                  "trainer.val_check_interval=1000000", *args.overrides]  # fmt: skip
+    cfg, _ = load_config([str(config)], overrides)
+    pl.seed_everything(cfg.seed, verbose=False)
+    t0 = time.perf_counter()
+    dm = build("datamodule", cfg.data_type, cfg.data, "data")
+    system = build("system", cfg.system_type, cfg.system, "system")
+    build_s = time.perf_counter() - t0
+
+    cuda = args.device == "cuda"
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+            self.kind = batch.kind.value
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            metrics = trainer.callback_metrics
+            self.rows.append({
+                "step": trainer.global_step, "kind": self.kind, "seconds": time.perf_counter() - self.start,
+                "num_samples": float(metrics.get("train/num_samples", float("nan"))),
+            })  # fmt: skip
+            if cuda and batch_idx == args.warmup - 1:
+                torch.cuda.reset_peak_memory_stats()
+
+    timer = Timer()
+    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("val_check_interval", "enable_progress_bar")}
+    trainer = pl.Trainer(
+        accelerator="gpu" if cuda else "cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], inference_mode=False,
+        limit_val_batches=0, **trainer_cfg,
+    )  # fmt: skip
+    trainer.fit(system, datamodule=dm)
+
+    timed = timer.rows[args.warmup :]
+    per_kind: dict[str, list[float]] = {}
+    for r in timed:
+        per_kind.setdefault(r["kind"], []).append(r["seconds"])
+    result = {
+        "benchmark": "train_step",
+        "stage": args.stage,
+        "phase": args.phase if args.stage == 1 else None,
+        "config": str(config.relative_to(ROOT)),
+        "overrides": overrides,
+        "tiny": args.tiny,
+        "card": card_name(),
+        "device": args.device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "build_seconds": build_s,
+        "warmup": args.warmup,
+        "steps": len(timed),
+        "seconds_per_iter_median": statistics.median(r["seconds"] for r in timed),
+        "seconds_per_iter_mean": statistics.mean(r["seconds"] for r in timed),
+        "seconds_per_iter_by_kind": {k: {"median": statistics.median(v), "mean": statistics.mean(v), "n": len(v)}
+                                     for k, v in per_kind.items()},  # fmt: skip
+        "samples_per_iter_median": statistics.median(r["num_samples"] for r in timed),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "rows": timed,
+    }
+    name = f"train_step_stage{args.stage}{variant}{'_' + args.phase if args.stage == 1 else ''}"
+    name += f"{'_tiny' if args.tiny else ''}_{slug(result['card'])}.json"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=1))
+    print(f"\n{'stage':>6} {'phase':>6} {'card':>28} {'s/it med':>9} {'s/it mean':>9} {'it/s':>6} {'peak GiB':>8}")
+    peak = f"{result['peak_memory_gib']:.2f}" if cuda else "-"
+    med = result["seconds_per_iter_median"]
+    print(f"{args.stage:>6} {str(result['phase']):>6} {result['card'][:28]:>28} {med:>9.4f} "
+          f"{result['seconds_per_iter_mean']:>9.4f} {1 / med:>6.2f} {peak:>8}")  # fmt: skip
+    for k, v in result["seconds_per_iter_by_kind"].items():
+        print(f"  {k:>12}: median {v['median']:.4f} s  mean {v['mean']:.4f} s  n={v['n']}")
+    print(f"  samples/iter (median): {result['samples_per_iter_median']:.0f}; written {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
