@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--devices", type=int, default=1, help="data-parallel processes (DDP; gloo on CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny smoke config instead of full-size networks")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
@@ -85,7 +86,10 @@ def main() -> int:
     overrides += ["system.prompt_processor.prompt=a panda dancing", f"trainer.max_steps={total}",
                   "trainer.val_check_interval=1000000", *args.overrides]  # fmt: skip
     cfg, _ = load_config([str(config)], overrides)
-    pl.seed_everything(cfg.seed, verbose=False)
+    import os as _os
+
+    # per-rank seeds, as launch.py does (LOCAL_RANK is set in the worker processes Lightning starts)
+    pl.seed_everything(cfg.seed + int(_os.environ.get("LOCAL_RANK", "0")), verbose=False)
     t0 = time.perf_counter()
     dm = build("datamodule", cfg.data_type, cfg.data, "data")
     system = build("system", cfg.system_type, cfg.system, "system")
@@ -116,12 +120,19 @@ def main() -> int:
 
     timer = Timer()
     trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("val_check_interval", "enable_progress_bar")}
+    strategy: object = "auto"
+    if args.devices > 1:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="nccl" if cuda else "gloo")
     trainer = pl.Trainer(
-        accelerator="gpu" if cuda else "cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], inference_mode=False,
-        limit_val_batches=0, **trainer_cfg,
+        accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        inference_mode=False, limit_val_batches=0, use_distributed_sampler=False, **trainer_cfg,
     )  # fmt: skip
     trainer.fit(system, datamodule=dm)
+    if trainer.global_rank != 0:
+        return 0
 
     timed = timer.rows[args.warmup :]
     per_kind: dict[str, list[float]] = {}
@@ -130,6 +141,7 @@ def main() -> int:
     result = {
         "benchmark": "train_step",
         "stage": args.stage,
+        "world_size": args.devices,
         "phase": args.phase if args.stage == 1 else None,
         "config": str(config.relative_to(ROOT)),
         "overrides": overrides,
@@ -148,10 +160,13 @@ def main() -> int:
                                      for k, v in per_kind.items()},  # fmt: skip
         "samples_per_iter_median": statistics.median(r["num_samples"] for r in timed),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_memory_gib_per_device": (
+            [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if cuda else None
+        ),
         "rows": timed,
     }
     name = f"train_step_stage{args.stage}{variant}{'_' + args.phase if args.stage == 1 else ''}"
-    name += f"{'_tiny' if args.tiny else ''}_{slug(result['card'])}.json"
+    name += f"{'_tiny' if args.tiny else ''}{f'_ws{args.devices}' if args.devices > 1 else ''}_{slug(result['card'])}.json"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(json.dumps(result, indent=1))

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fourdfy.config import ConfigError
 from fourdfy.errors import USER_ERRORS
 from fourdfy.experiment import TIMESTAMP_ENV, ExperimentConfig, dump_yaml, load_config
 from fourdfy.utils.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger("fourdfy")
+
+GUIDANCE_SLOTS = ("guidance", "guidance_multi_view", "guidance_video")
+"""System config slots holding guidance configs (which may set a placement ``device``)."""
 
 
 def setup_logging(verbose: bool) -> None:
@@ -33,8 +37,10 @@ def fail(message: str) -> int:
     return 2
 
 
-def run_experiment(args: argparse.Namespace, extras: list[str]) -> int:
-    """Load the config, build data and system, and run the chosen mode. User errors end with one message."""
+def run_experiment(args: argparse.Namespace, extras: list[str], extra_callbacks: tuple = ()) -> int:
+    """Load the config, build data and system, and run the chosen mode. User errors end with one message.
+
+    ``extra_callbacks`` are added to the Lightning trainer (used by tests and tools that inspect a run)."""
     setup_logging(args.verbose)
     if args.export:
         return fail("--export (mesh export) is not implemented in fourdfy")
@@ -47,12 +53,12 @@ def run_experiment(args: argparse.Namespace, extras: list[str]) -> int:
     try:
         cfg, resolved = load_config(args.config, extras, n_gpus=n_gpus)
         os.environ[TIMESTAMP_ENV] = cfg.timestamp or ""
-        return _run(cfg, resolved, args)
+        return _run(cfg, resolved, args, list(extra_callbacks))
     except USER_ERRORS as e:
         return fail(str(e))
 
 
-def _run(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace) -> int:
+def _run(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace, extra_callbacks: list) -> int:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -62,11 +68,17 @@ def _run(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace) -> int
     from fourdfy.utils.checkpoint_io import AtomicCheckpointIO
 
     if not args.train and cfg.resume is None:
-        raise USER_ERRORS[0]("resume: --validate/--test need a checkpoint, e.g. resume=<trial>/ckpts/last.ckpt")
+        raise ConfigError("resume: --validate/--test need a checkpoint, e.g. resume=<trial>/ckpts/last.ckpt")
     # per-rank seed: every rank draws its own cameras, times and noise (4D-fy used one seed for all ranks);
     # parameters start equal anyway because DDP broadcasts rank 0's at start-up
     pl.seed_everything(cfg.seed + rank(), workers=True, verbose=False)
     trial = Path(cfg.trial_dir)
+    placed = [slot for slot in GUIDANCE_SLOTS if (cfg.system.get(slot) or {}).get("device")]
+    if placed and cfg.n_gpus > 1:
+        raise ConfigError(
+            f"system.{placed[0]}.device: model placement (a guidance on its own GPU) and data parallelism "
+            f"(--gpu {args.gpu}) cannot be combined; use --gpu with one index, or no placement"
+        )
     dm = build("datamodule", cfg.data_type, cfg.data, "data")
     system = build("system", cfg.system_type, cfg.system, "system", resumed=cfg.resume is not None)
     system.set_save_dir(str(trial / "save"))
@@ -102,7 +114,7 @@ def _run(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace) -> int
             loggers.append(WandbLogger(project=w.project, name=w.name or cfg.trial_name, save_dir=str(trial)))
         if rank() == 0:
             write_trial_files(cfg, resolved, args, trial)
-    trainer = pl.Trainer(callbacks=callbacks, logger=loggers or False, **trainer_kwargs)
+    trainer = pl.Trainer(callbacks=callbacks + extra_callbacks, logger=loggers or False, **trainer_kwargs)
 
     if args.train:
         trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)

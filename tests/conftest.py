@@ -19,4 +19,8 @@ jaxtyping.install_import_hook(["fourdfy", "extern"], "beartype.beartype")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("FOURDFY_TEST_THREADS", "2")))
+# under pytest-xdist every worker gets one thread (2 workers on 2 cores); subprocesses inherit the limit
+_threads = int(os.environ.get("FOURDFY_TEST_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"))
+torch.set_num_threads(_threads)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,7 +1,7 @@
 """Guidance base class and its output."""
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -29,6 +29,42 @@ class BaseGuidance(BaseModule):
     """Names of the losses this guidance returns; the system checks each has a ``lambda_<name>`` weight."""
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     """Attribute names of frozen pretrained submodules (excluded from checkpoints)."""
+
+    @property
+    def placement(self) -> "torch.device | None":
+        """The device this guidance runs on when its config sets ``device`` (model placement), else None."""
+        device = getattr(self.cfg, "device", None)
+        return torch.device(device) if device else None
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """dtype of the frozen networks: bf16 on CUDA with ``half_precision_weights``, else fp32."""
+        first = next(getattr(self, self.frozen_modules[0]).parameters())
+        half = getattr(self.cfg, "half_precision_weights", False)
+        return torch.bfloat16 if (half and first.device.type == "cuda") else torch.float32
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # 1. with a placement, a move to an accelerator goes to the guidance's own device instead
+        target = self.placement
+        if target is not None and fn(torch.zeros(())).device.type != "cpu":
+            fn = lambda t: t.to(device=target)  # noqa: E731
+        out = super()._apply(fn, recurse)
+        # 2. the frozen networks take the precision that fits the device (trainable parts keep theirs)
+        dtype = self.weights_dtype
+        for name in self.frozen_modules:
+            module = getattr(self, name, None)
+            if module is not None and next(module.parameters()).dtype != dtype:
+                module.to(dtype)
+        return out
+
+    def guide(self, rgb: Float[Tensor, "B H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
+        """Call the guidance where it lives: with a placement, renders and cameras are moved to its device and the
+        losses come back to the renders' device (autograd follows the copies)."""
+        target = self.placement
+        if target is None or target == rgb.device:
+            return self(rgb, prompts, batch)
+        out = self(rgb.to(target), prompts, batch.to(target))
+        return GuidanceOutput({k: v.to(rgb.device) for k, v in out.losses.items()}, out.stats)
 
     def freeze(self, module: nn.Module) -> nn.Module:
         """Put a pretrained network in eval mode without gradients."""

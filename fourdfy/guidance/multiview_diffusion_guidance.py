@@ -93,6 +93,9 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         """x0-reconstruction form of SDS (4D-fy's default)."""
         recon_std_rescale: float = 0.5
         """Blend towards the conditional prediction's std, per object."""
+        device: Optional[str] = None
+        """Run this guidance on its own device (e.g. ``cuda:1``, model placement for small cards); null: the
+        system's device. Not combinable with data-parallel ``--gpu 0,1``."""
 
         def __post_init__(self) -> None:
             if self.model_name in (TINY_MVDREAM, RANDOM_MVDREAM) and self.ckpt_path is not None:
@@ -128,20 +131,6 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         except MVDreamCheckpointError as e:
             raise MissingWeightsError(str(e)) from None
         return models.unet, models.vae, models.alphas_cumprod
-
-    @property
-    def weights_dtype(self) -> torch.dtype:
-        on_cuda = self.alphas_cumprod.device.type == "cuda"
-        return torch.bfloat16 if (self.cfg.half_precision_weights and on_cuda) else torch.float32
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # moving to a device also sets the frozen networks' dtype (bf16 on CUDA when half_precision_weights)
-        out = super()._apply(fn, recurse)
-        dtype = self.weights_dtype
-        for m in (self.unet, self.vae):
-            if next(m.parameters()).dtype != dtype:
-                m.to(dtype)
-        return out
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.min_step, self.max_step = sds.step_range(

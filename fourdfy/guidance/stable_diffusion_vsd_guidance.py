@@ -277,6 +277,9 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """View-dependent text for the pretrained model (the LoRA model always gets view-independent text)."""
         camera_condition_type: str = choice("extrinsics", ("extrinsics", "mvp"), "Camera fed to the camera MLP.")
         """``extrinsics``: camera-to-world matrix; ``mvp``: projection @ world-to-camera."""
+        device: Optional[str] = None
+        """Run this guidance (networks, LoRA and camera embedding) on its own device, e.g. ``cuda:1`` (model
+        placement for small cards); null: the system's device. Not combinable with data-parallel ``--gpu 0,1``."""
 
         def __post_init__(self) -> None:
             if self.enable_sequential_cpu_offload:
@@ -351,21 +354,6 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         latent = pre.vae.config.latent_channels
         if pre.unet.config.in_channels != latent or lora.unet.config.in_channels != latent:
             raise ConfigError(f"{key_lora}: UNet input channels do not match the VAE's {latent} latent channels")
-
-    @property
-    def weights_dtype(self) -> torch.dtype:
-        """dtype of the frozen networks: bf16 on CUDA with ``half_precision_weights``, else fp32."""
-        on_cuda = self.alphas_cumprod.device.type == "cuda"
-        return torch.bfloat16 if (self.cfg.half_precision_weights and on_cuda) else torch.float32
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # moving to a device also sets the frozen networks' dtype; LoRA and camera MLP keep theirs (fp32)
-        out = super()._apply(fn, recurse)
-        dtype = self.weights_dtype
-        for m in (self.unet, self.unet_lora, self.vae):
-            if next(m.parameters()).dtype != dtype:
-                m.to(dtype)
-        return out
 
     @property
     def image_size(self) -> int:

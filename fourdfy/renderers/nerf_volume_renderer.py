@@ -98,21 +98,20 @@ class NeRFVolumeRenderer(Renderer):
 
     # -- occupancy ---------------------------------------------------------------------------------------------
 
-    def occupancy_time(self) -> float:
-        """Time at which the occupancy grid is refreshed: 0 for static scenes, a random time otherwise (the grid
-        then tracks a decayed maximum over time, as in 4D-fy)."""
-        return 0.0 if self.geometry.is_static else float(torch.rand(()).item())
-
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Refresh the occupancy grid (every 16th step, nerfacc's rule). Static scenes use time 0; dynamic ones a
+        random time per refresh, so the grid tracks a decayed maximum over time (as in 4D-fy). The randomness
+        comes from a generator seeded by the step, so every data-parallel rank computes the same grid."""
         if on_load_weights or not self.training:
             return
-        t = self.occupancy_time()
+        generator = torch.Generator(device=self.estimator.occs.device).manual_seed(1_000_003 + global_step)
+        t = 0.0 if self.geometry.is_static else float(torch.rand((), generator=generator, device=generator.device))
 
         def occ_eval_fn(x: Tensor) -> Tensor:
             times = torch.full((1, 1), t, dtype=x.dtype, device=x.device)
             return self.geometry.forward_density(x, times) * self.render_step_size
 
-        self.estimator.update_every_n_steps(global_step, occ_eval_fn, occ_thre=0.01)
+        self.estimator.update_every_n_steps(global_step, occ_eval_fn, occ_thre=0.01, generator=generator)
 
     # -- rendering ----------------------------------------------------------------------------------------------
 

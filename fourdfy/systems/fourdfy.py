@@ -263,7 +263,7 @@ class FourDFYSystem(BaseSystem):
             raise RuntimeError(f"a {batch.kind.value} batch arrived but that branch was not built (prob mismatch?)")
         self._set_temporal_grad(batch.kind)
         out = self.render(batch)
-        g_out: GuidanceOutput = guidance(out.comp_rgb, self.prompt_utils[batch.kind], batch)
+        g_out: GuidanceOutput = guidance.guide(out.comp_rgb, self.prompt_utils[batch.kind], batch)
         loss = out.comp_rgb.new_zeros(())
         for name, value in g_out.losses.items():
             weight = self.C(getattr(self.cfg.loss, f"lambda_{name}"))
