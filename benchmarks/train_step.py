@@ -3,7 +3,8 @@ networks (no downloads: the benchmark machines have no network).
 
     python benchmarks/train_step.py --stage 1 --phase early     # MVDream: 8 views at 64x64 (steps < 5000)
     python benchmarks/train_step.py --stage 1 --phase late      # MVDream: 4 views at 256x256
-    python benchmarks/train_step.py --stage 2                   # MVDream 50 % / VSD (SD 2.1 + LoRA) 50 %
+    python benchmarks/train_step.py --stage 2 --phase late      # MVDream (4 views, 256^2) 50 % / VSD 50 %
+    python benchmarks/train_step.py --stage 1 --profile 3       # also print a torch.profiler table of 3 steps
     python benchmarks/train_step.py --stage 1 --tiny --device cpu --steps 3   # smoke run of this script
 
 It runs the real Lightning training loop (``fourdfy-system``, data module, renderer, guidances, AdamW) on the stage's
@@ -49,7 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
     parser.add_argument("--phase", choices=("early", "late"), default="late",
-                        help="stage 1 only: early = 8 views at 64^2 (steps < 5000), late = 4 views at 256^2")
+                        help="multi-view resolution phase: early = steps < 5000 (64^2; 8 views in stage 1), "
+                             "late = 4 views at 256^2")
+    parser.add_argument("--profile", type=int, default=0, help="profile this many steps after the timed ones")
     parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
@@ -57,6 +60,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1, help="data-parallel processes (DDP; gloo on CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny smoke config instead of full-size networks")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. the hash-grid backend)")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = parser.parse_args()
 
@@ -78,11 +82,11 @@ def main() -> int:
     else:
         config = ROOT / "configs" / f"fourdfy_stage_{args.stage}{variant}.yaml"
         overrides = list(RANDOM_OVERRIDES)
-    if args.stage == 1:
+    if True:
         # pick the resolution phase directly: milestone at step 0 = the late phase from the first step
         overrides.append("data.multi_view.resolution_milestones=[0]" if args.phase == "late"
                          else "data.multi_view.resolution_milestones=[1000000]")  # fmt: skip
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps + args.profile
     overrides += ["system.prompt_processor.prompt=a panda dancing", f"trainer.max_steps={total}",
                   "trainer.val_check_interval=1000000", *args.overrides]  # fmt: skip
     cfg, _ = load_config([str(config)], overrides)
@@ -104,6 +108,10 @@ def main() -> int:
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if cuda:
                 torch.cuda.synchronize()
+            if args.profile and batch_idx == args.warmup + args.steps:
+                activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
             self.start = time.perf_counter()
             self.kind = batch.kind.value
 
@@ -117,6 +125,10 @@ def main() -> int:
             })  # fmt: skip
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
+            if args.profile and batch_idx == total - 1:
+                self.profiler.__exit__(None, None, None)
+                key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                print(self.profiler.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
     timer = Timer()
     trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("val_check_interval", "enable_progress_bar")}
@@ -134,7 +146,7 @@ def main() -> int:
     if trainer.global_rank != 0:
         return 0
 
-    timed = timer.rows[args.warmup :]
+    timed = timer.rows[args.warmup : args.warmup + args.steps]
     per_kind: dict[str, list[float]] = {}
     for r in timed:
         per_kind.setdefault(r["kind"], []).append(r["seconds"])
@@ -142,7 +154,7 @@ def main() -> int:
         "benchmark": "train_step",
         "stage": args.stage,
         "world_size": args.devices,
-        "phase": args.phase if args.stage == 1 else None,
+        "phase": args.phase,
         "config": str(config.relative_to(ROOT)),
         "overrides": overrides,
         "tiny": args.tiny,
@@ -165,8 +177,8 @@ def main() -> int:
         ),
         "rows": timed,
     }
-    name = f"train_step_stage{args.stage}{variant}{'_' + args.phase if args.stage == 1 else ''}"
-    name += f"{'_tiny' if args.tiny else ''}{f'_ws{args.devices}' if args.devices > 1 else ''}_{slug(result['card'])}.json"
+    name = f"train_step_stage{args.stage}{variant}_{args.phase}"
+    name += f"{'_' + args.tag if args.tag else ''}{'_tiny' if args.tiny else ''}{f'_ws{args.devices}' if args.devices > 1 else ''}_{slug(result['card'])}.json"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(json.dumps(result, indent=1))

@@ -20,7 +20,8 @@ Keys that are accepted but have no effect here, on purpose:
   ignores them, so there is no coarse-to-fine schedule. They are validated, kept, and logged once.
 * ``num_frames`` of the SpatialTime encodings: read by the system (number of video frames), not by the encoder.
 
-``implementation`` (``auto``/``torch``/``tcnn``) is this project's addition: which hash-grid backend to use.
+``implementation`` (``auto``/``torch``/``tcnn``/``triton``) is this project's addition: which hash-grid backend to use
+(``auto``: tiny-cuda-nn if it imports, else Triton on CUDA, else PyTorch).
 """
 
 import dataclasses
@@ -52,7 +53,7 @@ class HashGridParams:
     log2_hashmap_size: int = 19
     base_resolution: int = 16
     per_level_scale: float = 2.0
-    implementation: str = choice("auto", ("auto", "torch", "tcnn"), "hash-grid backend (project extension)")
+    implementation: str = choice("auto", ("auto", "torch", "tcnn", "triton"), "hash-grid backend (project extension)")
 
     def __post_init__(self) -> None:
         for name in ("n_levels", "log2_hashmap_size", "base_resolution", "per_level_scale"):

@@ -49,7 +49,7 @@ HASH_PRIMES: tuple[int, ...] = (1, 2654435761, 805459861, 3674653429, 2097192037
 """tcnn's coherent prime hash factors, one per input dimension (hence at most 7 dimensions)."""
 
 GRID_TYPES: tuple[str, ...] = ("Hash", "Dense", "Tiled")
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "torch", "tcnn")
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "torch", "tcnn", "triton")
 
 _UINT32_MASK = 0xFFFFFFFF
 _MAX_DENSE_PARAMS = 0xFFFFFFFF // 2  # tcnn caps a level's dense size at uint32 max / 2 before the hash cap.
@@ -381,7 +381,8 @@ class HashGrid(nn.Module):
         base_resolution: resolution parameter of level 0.
         per_level_scale: growth factor between levels.
         grid_type: ``"Hash"`` (default), ``"Dense"`` or ``"Tiled"``.
-        implementation: ``"auto"`` (tcnn for CUDA inputs when importable, else torch), ``"torch"`` or ``"tcnn"``.
+        implementation: ``"auto"`` (for CUDA inputs: tcnn when importable, else the Triton kernels when Triton
+            imports, else torch), ``"torch"``, ``"tcnn"`` or ``"triton"``.
     """
 
     def __init__(
@@ -433,7 +434,7 @@ class HashGrid(nn.Module):
 
     def uses_tcnn(self, x: Tensor) -> bool:
         """Whether :meth:`forward` would route ``x`` through tiny-cuda-nn."""
-        if self.implementation == "torch":
+        if self.implementation in ("torch", "triton"):
             return False
         if self.implementation == "tcnn":
             if not x.is_cuda:
@@ -458,6 +459,22 @@ class HashGrid(nn.Module):
         out = torch.func.functional_call(enc, {"params": params}, (x.float(),))
         return out.float()
 
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` would route ``x`` through the Triton kernels."""
+        from fourdfy.geometry import hash_grid_triton
+
+        if self.implementation == "triton":
+            if not hash_grid_triton.triton_available() or not hash_grid_triton.supports(self.layout):
+                raise RuntimeError(
+                    "implementation='triton' needs the triton package and a grid with 2-4 input dims and 1/2/4/8 "
+                    "features per level; use implementation='auto' or 'torch'"
+                )
+            return True
+        return (
+            self.implementation == "auto" and x.is_cuda and hash_grid_triton.triton_available()
+            and hash_grid_triton.supports(self.layout)
+        )  # fmt: skip
+
     def forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N C"]:
         """Encode ``x`` (``[N, D]``, normally in ``[0, 1]^D``) into ``[N, L * F]`` level-major features."""
         if x.shape[1] != self.n_input_dims:
@@ -466,6 +483,10 @@ class HashGrid(nn.Module):
             return torch.zeros(0, self.n_output_dims, dtype=self.params.dtype, device=x.device)
         if self.uses_tcnn(x):
             return self._tcnn_forward(x)
+        if self.uses_triton(x):
+            from fourdfy.geometry.hash_grid_triton import hash_grid_encode_triton
+
+            return hash_grid_encode_triton(x, self.params, self.layout)
         return hash_grid_encode(x, self.params, self.layout)
 
 

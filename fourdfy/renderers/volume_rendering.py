@@ -138,20 +138,27 @@ def ray_aabb_intersect(
     return torch.where(hit, t_near, inf), torch.where(hit, t_far, inf), hit
 
 
-def segment_start_indices(ray_indices: Int[Tensor, "S"]) -> Int[Tensor, "S"]:
+def segment_start_indices(ray_indices: Int[Tensor, "S"], n_rays: int | None = None) -> Int[Tensor, "S"]:
     """For every packed sample, the flat index of the first sample of the same ray.
 
-    A sample starts a new ray when its ray index differs from the previous sample's. A running maximum of those start
-    positions gives each sample its ray's start, without a host sync and without needing ``n_rays``.
+    With ``n_rays``: count the samples of each ray (``bincount``), turn the counts into each ray's first position
+    (exclusive cumulative sum over the rays) and gather it per sample -- work proportional to the samples plus a
+    scan over the rays only. Without ``n_rays``: a running maximum of the positions where the ray index changes (a
+    scan over all samples, several times slower on a GPU for millions of samples). Neither needs a host sync.
 
     Example: ``ray_indices = [0, 0, 0, 1, 1]`` gives ``[0, 0, 0, 3, 3]``.
 
     Args:
         ray_indices: Ray index per sample, sorted.
+        n_rays: Number of rays (every index must be below it), if known.
 
     Returns:
         Start index per sample (int64).
     """
+    if n_rays is not None:
+        counts = torch.bincount(ray_indices, minlength=n_rays)
+        first = torch.cumsum(counts, dim=0) - counts
+        return first[ray_indices]
     n = ray_indices.shape[0]
     positions = torch.arange(n, device=ray_indices.device)
     is_first = torch.ones(n, dtype=torch.bool, device=ray_indices.device)
@@ -192,7 +199,7 @@ def exclusive_sum_packed(
     acc = x.to(torch.float64)
     inclusive = torch.cumsum(acc, dim=0)
     exclusive = torch.cat([inclusive.new_zeros(1), inclusive[:-1]])
-    start = segment_start_indices(ray_indices)
+    start = segment_start_indices(ray_indices, n_rays)
     return (exclusive - exclusive[start]).to(x.dtype)
 
 

@@ -88,6 +88,9 @@ def test_docstring_example_visibility_and_scan():
     x = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0])
     assert exclusive_sum_packed(x, RAY_INDICES, N_RAYS).tolist() == [0.0, 1.0, 1.5, 0.0, 0.0]
     assert segment_start_indices(RAY_INDICES).tolist() == [0, 0, 0, 3, 3]
+    assert segment_start_indices(RAY_INDICES, n_rays=4).tolist() == [0, 0, 0, 3, 3]
+    sparse = torch.tensor([1, 1, 4, 4, 4, 7])  # rays without samples in between
+    assert segment_start_indices(sparse).tolist() == segment_start_indices(sparse, n_rays=9).tolist() == [0, 0, 2, 2, 2, 5]
 
 
 def test_weights_per_ray_sum_at_most_one_and_match_closed_form():

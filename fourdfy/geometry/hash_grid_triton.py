@@ -1,0 +1,273 @@
+"""Optional Triton fast path of the hash grid: one fused kernel per direction instead of ~15 small PyTorch ops per
+level and corner (the torch path's many launches made the hash grid the largest cost of a training step on an
+H100, see ``benchmarks/results/gpu_session.log``).
+
+Same semantics as :func:`fourdfy.geometry.hash_grid.hash_grid_encode` (tcnn's): ``pos = x * scale + 0.5``, cell =
+floor, linear weights over the ``2^D`` corners, dense index ``sum_d (cell_d + bit_d) * stride_d`` or the coherent
+prime hash ``xor_d ((cell_d + bit_d) * prime_d)`` on uint32, then modulo the level size. The backward kernel
+scatters ``weight * grad`` into the table with atomic adds and, when asked, the input gradient
+``scale * sum_c (d weight_c / d pos) * <feature_c, grad>``. Supports D in {2, 3, 4} and F in {1, 2, 4, 8}.
+
+Used on CUDA when Triton imports (``implementation: auto`` or ``triton``). Tests compare it with the torch path,
+forward and backward (they run on a GPU, or on the CPU with ``TRITON_INTERPRET=1``).
+"""
+
+import functools
+import typing
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from fourdfy.geometry.hash_grid import HASH_PRIMES, GridLayout
+
+try:  # optional dependency
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is absent
+    triton = None
+    tl = None
+
+BLOCK = 128
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can run (Triton imports)."""
+    return triton is not None
+
+
+def supports(layout: GridLayout) -> bool:
+    """Whether the kernels handle this layout."""
+    return 2 <= layout.n_input_dims <= 4 and layout.n_features_per_level in (1, 2, 4, 8)
+
+
+@functools.lru_cache(maxsize=64)
+def level_tables(layout: GridLayout, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-level constants on ``device``: scale f32 [L], size i64 [L], offset i64 [L], hashed i32 [L],
+    dense strides i64 [L, 4] (zero for dimensions outside tcnn's stride loop)."""
+    levels = layout.levels
+    strides = torch.zeros(len(levels), 4, dtype=torch.int64)
+    for i, lv in enumerate(levels):
+        for d, s in enumerate(lv.strides):
+            strides[i, d] = s
+    return (
+        torch.tensor([lv.scale for lv in levels], dtype=torch.float32, device=device),
+        torch.tensor([lv.size for lv in levels], dtype=torch.int64, device=device),
+        torch.tensor([lv.offset for lv in levels], dtype=torch.int64, device=device),
+        torch.tensor([int(lv.hashed) for lv in levels], dtype=torch.int32, device=device),
+        strides.to(device),
+    )
+
+
+if triton is not None:
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _corner(c: tl.constexpr, d: tl.constexpr, cell, frac, stride, prime: tl.constexpr, h, dense, w):
+        """Fold dimension ``d`` of corner ``c`` into the hash, the dense index and the weight."""
+        if (c >> d) & 1:
+            cd = cell + 1
+            w = w * frac
+        else:
+            cd = cell
+            w = w * (1.0 - frac)
+        h = h ^ ((cd * prime) & 0xFFFFFFFF)
+        dense = dense + cd * stride
+        return h, dense, w
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _dim(x_ptr, offs, mask, d: tl.constexpr, D: tl.constexpr, scale):
+        pos = tl.load(x_ptr + offs * D + d, mask=mask, other=0.0) * scale + 0.5
+        cell_f = tl.floor(pos)
+        return cell_f.to(tl.int64), pos - cell_f
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _row(h, dense, hashed, size, offset):
+        idx = tl.where(hashed != 0, h, dense & 0xFFFFFFFF)
+        return offset + idx % size
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _hash_grid_fwd(
+        x_ptr, params_ptr, out_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr, strides_ptr, N,
+        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+        P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        level = tl.program_id(1)
+        offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        mask = offs < N
+        scale = tl.load(scale_ptr + level)
+        size = tl.load(size_ptr + level)
+        offset = tl.load(offset_ptr + level)
+        hashed = tl.load(hashed_ptr + level)
+        s0 = tl.load(strides_ptr + level * 4 + 0)
+        s1 = tl.load(strides_ptr + level * 4 + 1)
+        c0, f0 = _dim(x_ptr, offs, mask, 0, D, scale)
+        c1, f1 = _dim(x_ptr, offs, mask, 1, D, scale)
+        c2, f2, s2 = c0, f0, s0  # placeholders, replaced when the dimension exists
+        c3, f3, s3 = c0, f0, s0
+        if D > 2:
+            s2 = tl.load(strides_ptr + level * 4 + 2)
+            c2, f2 = _dim(x_ptr, offs, mask, 2, D, scale)
+        if D > 3:
+            s3 = tl.load(strides_ptr + level * 4 + 3)
+            c3, f3 = _dim(x_ptr, offs, mask, 3, D, scale)
+        feat_offs = tl.arange(0, F)
+        acc = tl.zeros((BLOCK, F), dtype=tl.float32)
+        for c in tl.static_range(1 << D):
+            h = tl.zeros((BLOCK,), dtype=tl.int64)
+            dense = tl.zeros((BLOCK,), dtype=tl.int64)
+            w = tl.full((BLOCK,), 1.0, dtype=tl.float32)
+            h, dense, w = _corner(c, 0, c0, f0, s0, P0, h, dense, w)
+            h, dense, w = _corner(c, 1, c1, f1, s1, P1, h, dense, w)
+            if D > 2:
+                h, dense, w = _corner(c, 2, c2, f2, s2, P2, h, dense, w)
+            if D > 3:
+                h, dense, w = _corner(c, 3, c3, f3, s3, P3, h, dense, w)
+            row = _row(h, dense, hashed, size, offset)
+            feats = tl.load(params_ptr + row[:, None] * F + feat_offs[None, :], mask=mask[:, None], other=0.0)
+            acc += w[:, None] * feats
+        out_offs = offs[:, None] * (L * F) + level * F + feat_offs[None, :]
+        tl.store(out_ptr + out_offs, acc, mask=mask[:, None])
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _hash_grid_bwd(
+        x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr,
+        strides_ptr, N, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+        NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr,
+        P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        level = tl.program_id(1)
+        offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        mask = offs < N
+        scale = tl.load(scale_ptr + level)
+        size = tl.load(size_ptr + level)
+        offset = tl.load(offset_ptr + level)
+        hashed = tl.load(hashed_ptr + level)
+        s0 = tl.load(strides_ptr + level * 4 + 0)
+        s1 = tl.load(strides_ptr + level * 4 + 1)
+        c0, f0 = _dim(x_ptr, offs, mask, 0, D, scale)
+        c1, f1 = _dim(x_ptr, offs, mask, 1, D, scale)
+        c2, f2, s2 = c0, f0, s0  # placeholders, replaced when the dimension exists
+        c3, f3, s3 = c0, f0, s0
+        if D > 2:
+            s2 = tl.load(strides_ptr + level * 4 + 2)
+            c2, f2 = _dim(x_ptr, offs, mask, 2, D, scale)
+        if D > 3:
+            s3 = tl.load(strides_ptr + level * 4 + 3)
+            c3, f3 = _dim(x_ptr, offs, mask, 3, D, scale)
+        feat_offs = tl.arange(0, F)
+        g = tl.load(grad_out_ptr + offs[:, None] * (L * F) + level * F + feat_offs[None, :], mask=mask[:, None], other=0.0)
+        gx0 = tl.zeros((BLOCK,), dtype=tl.float32)
+        gx1 = tl.zeros((BLOCK,), dtype=tl.float32)
+        gx2 = tl.zeros((BLOCK,), dtype=tl.float32)
+        gx3 = tl.zeros((BLOCK,), dtype=tl.float32)
+        for c in tl.static_range(1 << D):
+            h = tl.zeros((BLOCK,), dtype=tl.int64)
+            dense = tl.zeros((BLOCK,), dtype=tl.int64)
+            w = tl.full((BLOCK,), 1.0, dtype=tl.float32)
+            h, dense, w = _corner(c, 0, c0, f0, s0, P0, h, dense, w)
+            h, dense, w = _corner(c, 1, c1, f1, s1, P1, h, dense, w)
+            if D > 2:
+                h, dense, w = _corner(c, 2, c2, f2, s2, P2, h, dense, w)
+            if D > 3:
+                h, dense, w = _corner(c, 3, c3, f3, s3, P3, h, dense, w)
+            row = _row(h, dense, hashed, size, offset)
+            ptrs = row[:, None] * F + feat_offs[None, :]
+            if NEED_PARAMS:
+                tl.atomic_add(grad_params_ptr + ptrs, w[:, None] * g, mask=mask[:, None])
+            if NEED_X:
+                feats = tl.load(params_ptr + ptrs, mask=mask[:, None], other=0.0)
+                sc = tl.sum(feats * g, axis=1)  # dL/d(weight_c)
+                # d(weight_c)/d(pos_d): the weight with dimension d's factor replaced by its sign
+                gx0 += _weight_grad(c, 0, D, f0, f1, f2, f3) * sc
+                gx1 += _weight_grad(c, 1, D, f0, f1, f2, f3) * sc
+                if D > 2:
+                    gx2 += _weight_grad(c, 2, D, f0, f1, f2, f3) * sc
+                if D > 3:
+                    gx3 += _weight_grad(c, 3, D, f0, f1, f2, f3) * sc
+        if NEED_X:
+            tl.atomic_add(grad_x_ptr + offs * D + 0, gx0 * scale, mask=mask)
+            tl.atomic_add(grad_x_ptr + offs * D + 1, gx1 * scale, mask=mask)
+            if D > 2:
+                tl.atomic_add(grad_x_ptr + offs * D + 2, gx2 * scale, mask=mask)
+            if D > 3:
+                tl.atomic_add(grad_x_ptr + offs * D + 3, gx3 * scale, mask=mask)
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _factor(c: tl.constexpr, d: tl.constexpr, grad_dim: tl.constexpr, frac):
+        """Dimension ``d``'s factor of corner ``c``'s weight, or its derivative when ``d == grad_dim``."""
+        if d == grad_dim:
+            if (c >> d) & 1:
+                return tl.full(frac.shape, 1.0, tl.float32)
+            return tl.full(frac.shape, -1.0, tl.float32)
+        if (c >> d) & 1:
+            return frac
+        return 1.0 - frac
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _weight_grad(c: tl.constexpr, grad_dim: tl.constexpr, D: tl.constexpr, f0, f1, f2, f3):
+        """d(weight of corner c)/d(pos along grad_dim)."""
+        out = _factor(c, 0, grad_dim, f0) * _factor(c, 1, grad_dim, f1)
+        if D > 2:
+            out = out * _factor(c, 2, grad_dim, f2)
+        if D > 3:
+            out = out * _factor(c, 3, grad_dim, f3)
+        return out
+
+
+class _TritonHashGrid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, params: Tensor, layout: GridLayout) -> Tensor:
+        xc = x.contiguous().float()
+        table = params.contiguous().float()
+        n, d = xc.shape
+        f, n_levels = layout.n_features_per_level, len(layout.levels)
+        out = torch.empty(n, n_levels * f, dtype=torch.float32, device=x.device)
+        primes = HASH_PRIMES[:4]
+        grid = (triton.cdiv(n, BLOCK), n_levels)
+        _hash_grid_fwd[grid](
+            xc, table, out, *level_tables(layout, x.device), n, D=d, F=f, L=n_levels, BLOCK=BLOCK,
+            P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+        )  # fmt: skip
+        ctx.save_for_backward(xc, table)
+        ctx.layout = layout
+        ctx.dtypes = (x.dtype, params.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None]:
+        xc, table = ctx.saved_tensors
+        layout: GridLayout = ctx.layout
+        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, d = xc.shape
+        f, n_levels = layout.n_features_per_level, len(layout.levels)
+        grad_params = torch.zeros_like(table) if need_params else table.new_zeros(1)
+        grad_x = torch.zeros_like(xc) if need_x else xc.new_zeros(1)
+        primes = HASH_PRIMES[:4]
+        grid = (triton.cdiv(n, BLOCK), n_levels)
+        _hash_grid_bwd[grid](
+            xc, table, grad_out.contiguous().float(), grad_params, grad_x, *level_tables(layout, xc.device), n,
+            D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
+            P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+        )  # fmt: skip
+        x_dtype, p_dtype = ctx.dtypes
+        return (grad_x.to(x_dtype) if need_x else None), (grad_params.to(p_dtype) if need_params else None), None
+
+
+def hash_grid_encode_triton(x: Tensor, params: Tensor, layout: GridLayout) -> Tensor:
+    """The Triton version of :func:`fourdfy.geometry.hash_grid.hash_grid_encode` (float32 output)."""
+    if triton is None:
+        raise RuntimeError("the Triton hash grid needs the `triton` package")
+    if not supports(layout):
+        raise ValueError(f"the Triton hash grid supports D in 2..4 and F in (1, 2, 4, 8), got {layout}")
+    return _TritonHashGrid.apply(x, params, layout)
