@@ -27,6 +27,7 @@ from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
+from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
 from fourdfy.utils.random_models import RANDOM_MVDREAM, random_mvdream
@@ -93,6 +94,9 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         """x0-reconstruction form of SDS (4D-fy's default)."""
         recon_std_rescale: float = 0.5
         """Blend towards the conditional prediction's std, per object."""
+        cuda_graph: bool = True
+        """On CUDA, replay the frozen UNet's forward from a CUDA graph (one per input shape): same numbers, fewer
+        kernel launches (31 ms -> 12 ms per call on an H100 at the stage-1 shape)."""
         device: Optional[str] = None
         """Run this guidance on its own device (e.g. ``cuda:1``, model placement for small cards); null: the
         system's device. Not combinable with data-parallel ``--gpu 0,1``."""
@@ -120,6 +124,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         self.unet = self.freeze(unet)
         self.vae = self.freeze(vae)
         self.register_buffer("alphas_cumprod", table.float(), persistent=False)
+        self._graphed_unet = GraphedForward(self._unet_call)
         self.min_step, self.max_step = sds.step_range(c.min_step_percent, c.max_step_percent, 0, 0)
 
     def _load_pretrained(self) -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
@@ -190,6 +195,9 @@ class MultiviewDiffusionGuidance(BaseGuidance):
             grad = grad.clamp(-clip, clip)
         return grad
 
+    def _unet_call(self, x: Tensor, t: Tensor, context: Tensor, camera: Tensor) -> Tensor:
+        return self.unet(x, t, context=context, camera=camera, num_frames=self.cfg.n_view)
+
     def _scheduled(self, value: Scheduled) -> float:
         from fourdfy.schedule import scheduled_value
 
@@ -209,12 +217,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
 
         dtype = self.weights_dtype
         camera = c2w_to_mvdream_camera(c2w).repeat(2, 1)
-        eps = self.unet(
-            torch.cat([z_t, z_t]).to(dtype),
-            torch.cat([t, t]),
-            context=torch.cat([cond, uncond]).to(dtype),
-            camera=camera.to(dtype),
-            num_frames=self.cfg.n_view,
-        ).float()
+        args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype), camera.to(dtype))
+        eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args).float()
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_cond, eps_uncond
