@@ -187,20 +187,35 @@ class RandomCameraSampler:
             azimuth = cam.sample_uniform(b, c.azimuth_range)
         distance = cam.sample_uniform(b, c.camera_distance_range)
         fovy = cam.sample_uniform(b, c.fovy_range)
+        times = self.frame_times(keep_all=is_video)
+        height, width = (c.height_vid, c.width_vid) if is_video else (self.height, self.width)
+        kind = BatchKind.VIDEO if is_video else BatchKind.SINGLE_VIEW
+        return self.perturbed_batch(elevation, azimuth, distance, fovy, height, width, times, kind)
+
+    def frame_times(self, keep_all: bool) -> Tensor:
+        """The clip's frame times; an image step of a dynamic stage renders one of them, drawn at random (4D-fy).
+        Static stages: ``[0.]``."""
+        c = self.cfg
+        n_times = 1 if c.static else c.num_frames
+        times = cam.frame_times(n_times, None if c.static else c.sample_rand_frames)
+        if not keep_all and n_times > 1:
+            times = times[torch.randint(n_times, (1,))]
+        return times
+
+    def perturbed_batch(
+        self, elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: Tensor, height: int, width: int,
+        times: Tensor, kind: BatchKind,
+    ) -> CameraBatch:  # fmt: skip
+        """Apply the configured camera/centre/up perturbations, draw the lights and build the batch."""
+        c = self.cfg
+        b = elevation.shape[0]
         noise = torch.randn(b, 3) * c.camera_perturb
         center = torch.randn(b, 3) * c.center_perturb
         up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(b, 3) * c.up_perturb
         positions = cam.spherical_to_position(elevation, azimuth, distance) + noise
         light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
-        n_times = 1 if c.static else c.num_frames
-        times = cam.frame_times(n_times, None if c.static else c.sample_rand_frames)
-        if not is_video and n_times > 1:
-            # an image step of a dynamic stage renders one of the clip's times, drawn at random (4D-fy)
-            times = times[torch.randint(n_times, (1,))]
-        height, width = (c.height_vid, c.width_vid) if is_video else (self.height, self.width)
         return make_batch(
-            elevation, azimuth, distance, fovy, height, width, times,
-            BatchKind.VIDEO if is_video else BatchKind.SINGLE_VIEW,
+            elevation, azimuth, distance, fovy, height, width, times, kind,
             light_positions=light, center=center, up=up, position_noise=noise,
         )  # fmt: skip
 

@@ -7,7 +7,7 @@ import torch
 from fourdfy.config import ConfigError
 from fourdfy.data import cameras as cam
 from fourdfy.data.batch import BatchKind, CameraBatch
-from fourdfy.data.random_camera import RandomCameraConfig, make_batch, phase_value
+from fourdfy.data.random_camera import RandomCameraConfig, RandomCameraSampler
 
 
 @dataclasses.dataclass
@@ -29,19 +29,10 @@ class RandomMultiviewCameraConfig(RandomCameraConfig):
                 raise ConfigError(f"batch_size: {s} is not a multiple of n_view={self.n_view}")
 
 
-class RandomMultiviewCameraSampler:
+class RandomMultiviewCameraSampler(RandomCameraSampler):
     """Draws multi-view batches: per object one elevation, distance and fovy; azimuths ``(u + k)/n_view * 360``."""
 
-    def __init__(self, cfg: RandomMultiviewCameraConfig) -> None:
-        self.cfg = cfg
-        self.update_step(0)
-
-    def update_step(self, global_step: int) -> None:
-        """Switch resolution and batch size at the milestones."""
-        c = self.cfg
-        self.height = phase_value(c.height, c.resolution_milestones, global_step)
-        self.width = phase_value(c.width, c.resolution_milestones, global_step)
-        self.batch_size = phase_value(c.batch_size, c.resolution_milestones, global_step)
+    cfg: RandomMultiviewCameraConfig
 
     def sample(self) -> CameraBatch:
         """One random batch of ``batch_size / n_view`` objects, views contiguous per object."""
@@ -60,16 +51,7 @@ class RandomMultiviewCameraSampler:
         lo, hi = c.azimuth_range
         u = torch.rand(n_obj)[:, None]
         azimuth = ((u + torch.arange(c.n_view)[None]) / c.n_view * (hi - lo) + lo).reshape(-1)
-        b = self.batch_size
-        noise = torch.randn(b, 3) * c.camera_perturb
-        center = torch.randn(b, 3) * c.center_perturb
-        up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(b, 3) * c.up_perturb
-        positions = cam.spherical_to_position(elevation, azimuth, distance) + noise
-        light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
-        times = cam.frame_times(1 if c.static else c.num_frames, None if c.static else c.sample_rand_frames)
-        if times.shape[0] > 1:
-            times = times[torch.randint(times.shape[0], (1,))]
-        return make_batch(
-            elevation, azimuth, distance, fovy, self.height, self.width, times, BatchKind.MULTI_VIEW,
-            light_positions=light, center=center, up=up, position_noise=noise,
-        )  # fmt: skip
+        times = self.frame_times(keep_all=False)
+        return self.perturbed_batch(
+            elevation, azimuth, distance, fovy, self.height, self.width, times, BatchKind.MULTI_VIEW
+        )

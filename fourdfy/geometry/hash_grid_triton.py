@@ -64,7 +64,28 @@ if triton is not None:
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
-    def _corner(c: tl.constexpr, d: tl.constexpr, cell, frac, stride, prime: tl.constexpr, h, dense, w):
+    def _dim(x_ptr, offs, mask, d: tl.constexpr, D: tl.constexpr, scale):
+        pos = tl.load(x_ptr + offs * D + d, mask=mask, other=0.0) * scale + 0.5
+        cell_f = tl.floor(pos)
+        return cell_f.to(tl.int64), pos - cell_f
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _cells(x_ptr, offs, mask, D: tl.constexpr, scale):
+        """Integer cell and fractional position of every point along each dimension (unused ones repeat dim 0)."""
+        c0, f0 = _dim(x_ptr, offs, mask, 0, D, scale)
+        c1, f1 = _dim(x_ptr, offs, mask, 1, D, scale)
+        c2, f2 = c0, f0
+        c3, f3 = c0, f0
+        if D > 2:
+            c2, f2 = _dim(x_ptr, offs, mask, 2, D, scale)
+        if D > 3:
+            c3, f3 = _dim(x_ptr, offs, mask, 3, D, scale)
+        return c0, f0, c1, f1, c2, f2, c3, f3
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _fold(c: tl.constexpr, d: tl.constexpr, cell, frac, stride, prime: tl.constexpr, h, dense, w):
         """Fold dimension ``d`` of corner ``c`` into the hash, the dense index and the weight."""
         if (c >> d) & 1:
             cd = cell + 1
@@ -78,16 +99,22 @@ if triton is not None:
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
-    def _dim(x_ptr, offs, mask, d: tl.constexpr, D: tl.constexpr, scale):
-        pos = tl.load(x_ptr + offs * D + d, mask=mask, other=0.0) * scale + 0.5
-        cell_f = tl.floor(pos)
-        return cell_f.to(tl.int64), pos - cell_f
-
-    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
-    @triton.jit
-    def _row(h, dense, hashed, size, offset):
-        idx = tl.where(hashed != 0, h, dense & 0xFFFFFFFF)
-        return offset + idx % size
+    def _corner_row(
+        c: tl.constexpr, level, D: tl.constexpr, c0, f0, c1, f1, c2, f2, c3, f3, size_ptr, offset_ptr, hashed_ptr,
+        strides_ptr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """Table row and interpolation weight of corner ``c`` for every point of the block."""
+        h = tl.zeros((BLOCK,), dtype=tl.int64)
+        dense = tl.zeros((BLOCK,), dtype=tl.int64)
+        w = tl.full((BLOCK,), 1.0, dtype=tl.float32)
+        h, dense, w = _fold(c, 0, c0, f0, tl.load(strides_ptr + level * 4 + 0), P0, h, dense, w)
+        h, dense, w = _fold(c, 1, c1, f1, tl.load(strides_ptr + level * 4 + 1), P1, h, dense, w)
+        if D > 2:
+            h, dense, w = _fold(c, 2, c2, f2, tl.load(strides_ptr + level * 4 + 2), P2, h, dense, w)
+        if D > 3:
+            h, dense, w = _fold(c, 3, c3, f3, tl.load(strides_ptr + level * 4 + 3), P3, h, dense, w)
+        idx = tl.where(tl.load(hashed_ptr + level) != 0, h, dense & 0xFFFFFFFF)
+        return tl.load(offset_ptr + level) + idx % tl.load(size_ptr + level), w
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
@@ -101,34 +128,12 @@ if triton is not None:
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
-        size = tl.load(size_ptr + level)
-        offset = tl.load(offset_ptr + level)
-        hashed = tl.load(hashed_ptr + level)
-        s0 = tl.load(strides_ptr + level * 4 + 0)
-        s1 = tl.load(strides_ptr + level * 4 + 1)
-        c0, f0 = _dim(x_ptr, offs, mask, 0, D, scale)
-        c1, f1 = _dim(x_ptr, offs, mask, 1, D, scale)
-        c2, f2, s2 = c0, f0, s0  # placeholders, replaced when the dimension exists
-        c3, f3, s3 = c0, f0, s0
-        if D > 2:
-            s2 = tl.load(strides_ptr + level * 4 + 2)
-            c2, f2 = _dim(x_ptr, offs, mask, 2, D, scale)
-        if D > 3:
-            s3 = tl.load(strides_ptr + level * 4 + 3)
-            c3, f3 = _dim(x_ptr, offs, mask, 3, D, scale)
+        c0, f0, c1, f1, c2, f2, c3, f3 = _cells(x_ptr, offs, mask, D, scale)
         feat_offs = tl.arange(0, F)
         acc = tl.zeros((BLOCK, F), dtype=tl.float32)
         for c in tl.static_range(1 << D):
-            h = tl.zeros((BLOCK,), dtype=tl.int64)
-            dense = tl.zeros((BLOCK,), dtype=tl.int64)
-            w = tl.full((BLOCK,), 1.0, dtype=tl.float32)
-            h, dense, w = _corner(c, 0, c0, f0, s0, P0, h, dense, w)
-            h, dense, w = _corner(c, 1, c1, f1, s1, P1, h, dense, w)
-            if D > 2:
-                h, dense, w = _corner(c, 2, c2, f2, s2, P2, h, dense, w)
-            if D > 3:
-                h, dense, w = _corner(c, 3, c3, f3, s3, P3, h, dense, w)
-            row = _row(h, dense, hashed, size, offset)
+            row, w = _corner_row(c, level, D, c0, f0, c1, f1, c2, f2, c3, f3, size_ptr, offset_ptr, hashed_ptr,
+                                 strides_ptr, P0, P1, P2, P3, BLOCK)
             feats = tl.load(params_ptr + row[:, None] * F + feat_offs[None, :], mask=mask[:, None], other=0.0)
             acc += w[:, None] * feats
         out_offs = offs[:, None] * (L * F) + level * F + feat_offs[None, :]
@@ -147,21 +152,7 @@ if triton is not None:
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
-        size = tl.load(size_ptr + level)
-        offset = tl.load(offset_ptr + level)
-        hashed = tl.load(hashed_ptr + level)
-        s0 = tl.load(strides_ptr + level * 4 + 0)
-        s1 = tl.load(strides_ptr + level * 4 + 1)
-        c0, f0 = _dim(x_ptr, offs, mask, 0, D, scale)
-        c1, f1 = _dim(x_ptr, offs, mask, 1, D, scale)
-        c2, f2, s2 = c0, f0, s0  # placeholders, replaced when the dimension exists
-        c3, f3, s3 = c0, f0, s0
-        if D > 2:
-            s2 = tl.load(strides_ptr + level * 4 + 2)
-            c2, f2 = _dim(x_ptr, offs, mask, 2, D, scale)
-        if D > 3:
-            s3 = tl.load(strides_ptr + level * 4 + 3)
-            c3, f3 = _dim(x_ptr, offs, mask, 3, D, scale)
+        c0, f0, c1, f1, c2, f2, c3, f3 = _cells(x_ptr, offs, mask, D, scale)
         feat_offs = tl.arange(0, F)
         g = tl.load(grad_out_ptr + offs[:, None] * (L * F) + level * F + feat_offs[None, :], mask=mask[:, None], other=0.0)
         gx0 = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -169,16 +160,8 @@ if triton is not None:
         gx2 = tl.zeros((BLOCK,), dtype=tl.float32)
         gx3 = tl.zeros((BLOCK,), dtype=tl.float32)
         for c in tl.static_range(1 << D):
-            h = tl.zeros((BLOCK,), dtype=tl.int64)
-            dense = tl.zeros((BLOCK,), dtype=tl.int64)
-            w = tl.full((BLOCK,), 1.0, dtype=tl.float32)
-            h, dense, w = _corner(c, 0, c0, f0, s0, P0, h, dense, w)
-            h, dense, w = _corner(c, 1, c1, f1, s1, P1, h, dense, w)
-            if D > 2:
-                h, dense, w = _corner(c, 2, c2, f2, s2, P2, h, dense, w)
-            if D > 3:
-                h, dense, w = _corner(c, 3, c3, f3, s3, P3, h, dense, w)
-            row = _row(h, dense, hashed, size, offset)
+            row, w = _corner_row(c, level, D, c0, f0, c1, f1, c2, f2, c3, f3, size_ptr, offset_ptr, hashed_ptr,
+                                 strides_ptr, P0, P1, P2, P3, BLOCK)
             ptrs = row[:, None] * F + feat_offs[None, :]
             if NEED_PARAMS:
                 tl.atomic_add(grad_params_ptr + ptrs, w[:, None] * g, mask=mask[:, None])

@@ -122,12 +122,17 @@ class NeRFVolumeRenderer(Renderer):
             pos = rays_o[ray_indices] + rays_d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
             return self.geometry.forward_density(pos, times)[:, 0]
 
+        near, far = self.planes()
         return self.estimator.sampling(
-            rays_o, rays_d, sigma_fn,
+            rays_o, rays_d, sigma_fn, near_plane=near, far_plane=far,
             render_step_size=self.render_step_size,
             alpha_thre=0.01 if self.cfg.prune_alpha_threshold else 0.0,
             stratified=self.cfg.randomized and self.training,
         )  # fmt: skip
+
+    def planes(self) -> tuple[float, float]:
+        """Near and far distance of the samples (nerfacc's defaults here)."""
+        return 0.0, 1e10
 
     def shade(self, positions: Float[Tensor, "S 3"], viewdirs: Float[Tensor, "S 3"], times: Tensor) -> Shading:
         """Field and material at sample positions."""
@@ -225,18 +230,8 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         if self.cfg.grid_prune:
             super().update_step(epoch, global_step, on_load_weights)
 
-    def sample(self, rays_o: Tensor, rays_d: Tensor, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-            pos = rays_o[ray_indices] + rays_d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
-            return self.geometry.forward_density(pos, times)[:, 0]
-
-        return self.estimator.sampling(
-            rays_o, rays_d, sigma_fn,
-            near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane,
-            render_step_size=self.render_step_size,
-            alpha_thre=0.01 if self.cfg.prune_alpha_threshold else 0.0,
-            stratified=self.cfg.randomized and self.training,
-        )  # fmt: skip
+    def planes(self) -> tuple[float, float]:
+        return self.cfg.near_plane, self.cfg.far_plane
 
     def shade_samples(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, times: Tensor
