@@ -102,4 +102,5 @@ def test_low_vram_smoke_training(tmp_path):
     (trial,) = (tmp_path / "fourdfy_stage_1_low_vram_tiny").iterdir()
     ckpt = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "renderer.base_renderer.estimator.binaries" in ckpt["state_dict"]
-    assert (trial / "save" / "it6-test.mp4").is_file()
+    # an mp4 with ffmpeg (imageio-ffmpeg, as in requirements.txt), else the GIF fallback
+    assert [p.name for p in (trial / "save").glob("it6-test.*")] in (["it6-test.mp4"], ["it6-test.gif"])
