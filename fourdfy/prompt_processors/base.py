@@ -184,7 +184,7 @@ class PromptProcessor(BaseObject):
         super().__init__(cfg, path)
 
     def configure(self) -> None:
-        if self.cfg.config:
+        if self.cfg.config and self.registry_name != "videocrafter-prompt-processor":
             raise ConfigError(f"{self.path}.config: only used by the VideoCrafter prompt processor; leave it empty")
         self.embeddings = self.load_embeddings()
 

@@ -38,9 +38,19 @@ def test_registry_kinds_and_duplicates():
         ("implicit-volume", "geometry"), ("no-material", "material"),
         ("neural-environment-map-background", "background"), ("stable-diffusion-prompt-processor", "prompt_processor"),
         ("multiview-diffusion-guidance", "guidance"), ("zeroscope-prompt-processor", "prompt_processor"),
-        ("zeroscope-guidance", "guidance"),
+        ("zeroscope-guidance", "guidance"), ("videocrafter-guidance", "guidance"),
+        ("videocrafter-prompt-processor", "prompt_processor"), ("stable-diffusion-vsd-guidance", "guidance"),
     ]:  # fmt: skip
         assert find(name, kind, "x").kind == kind
+    # stage 3's video types are recognised (their keys validate) but cannot be built yet
+    from fourdfy.config import parse_config
+
+    vc = find("videocrafter-guidance", "guidance", "x")
+    parse_config(vc.Config, {"motion_amp_scale": 30.0, "fps": 8, "config": "x.yaml", "use_hifa": False})
+    with pytest.raises(NotImplementedError, match="stage 3"):
+        vc({"fps": 8})
+    with pytest.raises(ConfigError, match="motion_amp_scal"):
+        parse_config(vc.Config, {"motion_amp_scal": 30.0}, "system.guidance_video")
     with pytest.raises(ConfigError, match="is a geometry, but this slot needs a renderer"):
         find("implicit-volume", "renderer", "system.renderer_type")
 
