@@ -4,9 +4,8 @@ See ``extern/README.md`` for provenance. Public API:
 
 * ``MultiViewUNetModel``, ``MVDREAM_UNET_CONFIGS`` — the multi-view UNet (LDM parameter names).
 * ``c2w_to_mvdream_camera`` — threestudio c2w -> 16-value camera input.
-* ``linear_betas``, ``alphas_cumprod``, ``schedule_buffers``, ``q_sample``, ``predict_start_from_noise`` — schedule.
-* ``diffusers_vae_config``, ``convert_ldm_vae_state_dict`` — LDM VAE -> diffusers ``AutoencoderKL``.
-* ``sd2_text_encoder_config``, ``convert_open_clip_text_state_dict`` — OpenCLIP text tower -> ``CLIPTextModel``.
+* the LDM pieces MVDream shares with SD 2.x and VideoCrafter (schedule, VAE and text-tower mappings, state-dict
+  checks) live in ``extern.ldm`` and are re-exported here for convenience.
 * ``load_mvdream``, ``MVDreamModels``, ``MVDreamCheckpointError`` — checkpoint loading.
 """
 
@@ -21,15 +20,15 @@ from extern.mvdream.checkpoint import (
     resolve_checkpoint_path,
     split_checkpoint,
 )
-from extern.mvdream.schedule import alphas_cumprod, linear_betas, predict_start_from_noise, q_sample, schedule_buffers
-from extern.mvdream.state_dict_check import StateDictMismatchError, check_state_dict
-from extern.mvdream.text_encoder import (
+from extern.ldm.schedule import alphas_cumprod, linear_betas, schedule_buffers
+from extern.ldm.state_dict_check import StateDictMismatchError, check_state_dict
+from extern.ldm.text_encoder import (
     convert_open_clip_text_state_dict,
     rename_open_clip_text_state_dict,
     sd2_text_encoder_config,
 )
 from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel, timestep_embedding
-from extern.mvdream.vae import (
+from extern.ldm.vae import (
     SD_VAE_DDCONFIG,
     SD_VAE_SCALING_FACTOR,
     convert_ldm_vae_state_dict,
@@ -55,8 +54,6 @@ __all__ = [
     "diffusers_vae_config",
     "linear_betas",
     "load_mvdream",
-    "predict_start_from_noise",
-    "q_sample",
     "read_checkpoint",
     "rename_ldm_vae_state_dict",
     "rename_open_clip_text_state_dict",

@@ -3,9 +3,9 @@
 The file is a flat dict of fp32 tensors (guidance-models.md §1.3):
 
     model.diffusion_model.*     (690) -> extern.mvdream.unet.MultiViewUNetModel        (names unchanged)
-    first_stage_model.*         (248) -> diffusers.AutoencoderKL                        (extern.mvdream.vae mapping)
-    cond_stage_model.model.*    (294) -> transformers.CLIPTextModel, 23 layers          (extern.mvdream.text_encoder)
-    betas, alphas_cumprod, ...  (12)  -> compared with extern.mvdream.schedule, not loaded
+    first_stage_model.*         (248) -> diffusers.AutoencoderKL                        (extern.ldm.vae mapping)
+    cond_stage_model.model.*    (294) -> transformers.CLIPTextModel, 23 layers          (extern.ldm.text_encoder)
+    betas, alphas_cumprod, ...  (12)  -> compared with extern.ldm.schedule, not loaded
 
 Loading reads the file with ``torch.load(weights_only=True, mmap=True)`` (never ``weights_only=False``), builds every
 module on the meta device and loads with ``strict=True, assign=True``, so the parameters are the (memory-mapped)
@@ -28,11 +28,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from extern.mvdream.schedule import SCHEDULE_BUFFER_NAMES, schedule_buffers
-from extern.mvdream.state_dict_check import check_state_dict, remaining_meta_tensors
-from extern.mvdream.text_encoder import convert_open_clip_text_state_dict, reset_position_ids, sd2_text_encoder_config
+from extern.ldm.schedule import SCHEDULE_BUFFER_NAMES, schedule_buffers
+from extern.ldm.state_dict_check import check_state_dict, remaining_meta_tensors
+from extern.ldm.text_encoder import convert_open_clip_text_state_dict, reset_position_ids, sd2_text_encoder_config
 from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel
-from extern.mvdream.vae import (
+from extern.ldm.vae import (
     SD_VAE_DDCONFIG,
     SD_VAE_EMBED_DIM,
     SD_VAE_SCALING_FACTOR,

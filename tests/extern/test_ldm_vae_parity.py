@@ -8,8 +8,8 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from extern.mvdream.state_dict_check import StateDictMismatchError
-from extern.mvdream.vae import (
+from extern.ldm.state_dict_check import StateDictMismatchError
+from extern.ldm.vae import (
     SD_VAE_DDCONFIG,
     convert_ldm_vae_state_dict,
     diffusers_vae_config,

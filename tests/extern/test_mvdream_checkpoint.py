@@ -13,10 +13,10 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from extern.mvdream.checkpoint import MVDreamCheckpointError, load_mvdream
-from extern.mvdream.schedule import alphas_cumprod, schedule_buffers
-from extern.mvdream.text_encoder import convert_open_clip_text_state_dict
+from extern.ldm.schedule import alphas_cumprod, schedule_buffers
+from extern.ldm.text_encoder import convert_open_clip_text_state_dict
 from extern.mvdream.unet import MultiViewUNetModel
-from extern.mvdream.vae import diffusers_vae_config
+from extern.ldm.vae import diffusers_vae_config
 
 WIDTH, HEADS, RESBLOCKS, VOCAB, CONTEXT = 32, 2, 3, 50, 8
 
@@ -34,7 +34,7 @@ TEXT_CONFIG = CLIPTextConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_s
                              num_hidden_layers=RESBLOCKS - 1, num_attention_heads=HEADS,
                              max_position_embeddings=CONTEXT, hidden_act="gelu", layer_norm_eps=1e-5)
 
-# diffusers -> LDM names, written independently of extern.mvdream.vae (its inverse) so the round trip tests it.
+# diffusers -> LDM names, written independently of extern.ldm.vae (its inverse) so the round trip tests it.
 _TO_LDM = [
     (r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
     (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),

@@ -13,10 +13,10 @@ from torch import Tensor
 from transformers import CLIPTextModel
 
 from extern.mvdream.checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, split_checkpoint
-from extern.mvdream.schedule import SCHEDULE_BUFFER_NAMES
-from extern.mvdream.text_encoder import convert_open_clip_text_state_dict, reset_position_ids, sd2_text_encoder_config
+from extern.ldm.schedule import SCHEDULE_BUFFER_NAMES
+from extern.ldm.text_encoder import convert_open_clip_text_state_dict, reset_position_ids, sd2_text_encoder_config
 from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel
-from extern.mvdream.vae import convert_ldm_vae_state_dict, diffusers_vae_config
+from extern.ldm.vae import convert_ldm_vae_state_dict, diffusers_vae_config
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "guidance-parity"
 KEYS_FILE = FIXTURES / "mvdream_sd-v2.1-base-4view.keys.tsv"

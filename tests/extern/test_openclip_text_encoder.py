@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from extern.mvdream.text_encoder import (
+from extern.ldm.text_encoder import (
     convert_open_clip_text_state_dict,
     rename_open_clip_text_state_dict,
     sd2_text_encoder_config,

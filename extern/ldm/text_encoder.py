@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from extern.mvdream.state_dict_check import check_state_dict
+from extern.ldm.state_dict_check import check_state_dict
 
 # Keys of the OpenCLIP text tower that the penultimate-layer encoder does not use.
 DROPPED_TOP_LEVEL_KEYS = ("text_projection", "logit_scale")

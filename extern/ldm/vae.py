@@ -29,7 +29,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from extern.mvdream.state_dict_check import check_state_dict
+from extern.ldm.state_dict_check import check_state_dict
 
 # ddconfig of the SD / MVDream KL-f8 VAE (mvdream/configs/sd-v2-base.yaml, first_stage_config.params.ddconfig).
 SD_VAE_DDCONFIG: dict[str, Any] = {

@@ -1,4 +1,6 @@
-"""LDM noise schedule of MVDream (and SD 2.x / VideoCrafter): "linear" betas, ᾱ tables, forward noising, x0 recovery.
+"""LDM noise schedule shared by MVDream, SD 2.x and VideoCrafter: "linear" betas and the ᾱ tables.
+
+Forward noising and x0 recovery live with the SDS math in ``fourdfy/guidance/sds.py``.
 
 LDM's "linear" schedule is linear in sqrt(beta) (diffusers calls it "scaled_linear"):
 
@@ -110,45 +112,3 @@ def schedule_buffers(linear_start: float = LINEAR_START, linear_end: float = LIN
         "posterior_mean_coef2": (1.0 - ac_prev) * alphas.sqrt() / (1.0 - ac),
     }
     return {name: tables[name].to(torch.float32) for name in SCHEDULE_BUFFER_NAMES}
-
-
-def _gather(table: Float[Tensor, "T"], t: Int[Tensor, "b"], ndim: int) -> Tensor:
-    # Index on the table's device-moved copy (no host sync) and broadcast over all non-batch dims.
-    values = table.to(device=t.device)[t]
-    return values.reshape(t.shape[0], *([1] * (ndim - 1)))
-
-
-def q_sample(x0: Float[Tensor, "b *rest"], t: Int[Tensor, "b"], noise: Float[Tensor, "b *rest"],
-             alphas_cumprod: Float[Tensor, "T"]) -> Float[Tensor, "b *rest"]:
-    """Forward noising ``x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) noise``.
-
-    Coefficients are computed in the table's dtype (float32) and the result is cast to ``x0.dtype``.
-
-    Args:
-        x0: clean samples.
-        t: integer timestep per sample.
-        noise: Gaussian noise, same shape as ``x0``.
-        alphas_cumprod: ᾱ table [T] (see ``alphas_cumprod``).
-
-    Returns:
-        x_t, shape and dtype of ``x0``.
-    """
-    ac = _gather(alphas_cumprod, t, x0.ndim)
-    return (ac.sqrt() * x0 + (1.0 - ac).sqrt() * noise).to(x0.dtype)
-
-
-def predict_start_from_noise(x_t: Float[Tensor, "b *rest"], t: Int[Tensor, "b"], eps: Float[Tensor, "b *rest"],
-                             alphas_cumprod: Float[Tensor, "T"]) -> Float[Tensor, "b *rest"]:
-    """Invert the forward process for a noise prediction: ``x0 = sqrt(1/ᾱ_t) x_t - sqrt(1/ᾱ_t - 1) eps``.
-
-    Args:
-        x_t: noisy samples.
-        t: integer timestep per sample.
-        eps: predicted noise, same shape as ``x_t``.
-        alphas_cumprod: ᾱ table [T].
-
-    Returns:
-        x0 estimate, shape and dtype of ``x_t``.
-    """
-    ac = _gather(alphas_cumprod, t, x_t.ndim)
-    return ((1.0 / ac).sqrt() * x_t - (1.0 / ac - 1.0).sqrt() * eps).to(x_t.dtype)
