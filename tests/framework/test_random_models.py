@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from fourdfy.utils.random_models import SD21_UNET_CONFIG, random_init_
+from fourdfy.stand_ins.full_size import SD21_UNET_CONFIG, random_init_
 
 
 def test_sd21_unet_config_is_full_size():

@@ -8,16 +8,16 @@ import torch
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.data.batch import BatchKind, CameraBatch
 from fourdfy.errors import MissingWeightsError
-from fourdfy.guidance.stable_diffusion_vsd_guidance import (
-    TINY_SD_EPS,
-    TINY_SD_V,
-    StableDiffusionVSDGuidance,
-    VSDNoise,
-    build_tiny_sd,
-)
+from fourdfy.guidance.sd_loading import load_sd_components
+from fourdfy.guidance.stable_diffusion_vsd_guidance import StableDiffusionVSDGuidance, VSDNoise
 from fourdfy.prompt_processors.base import PromptEmbeddings
 
+TINY_SD_EPS, TINY_SD_V = "tiny-random-sd-eps", "tiny-random-sd-v"
 TINY = {"pretrained_model_name_or_path": TINY_SD_EPS, "pretrained_model_name_or_path_lora": TINY_SD_V}
+
+
+def build_tiny_sd(name: str, with_vae: bool = True):
+    return load_sd_components(name, "test", with_vae)
 B = 2
 
 

@@ -15,11 +15,6 @@ Modules are built on the CUDA device when one is available (fast, no CPU copy); 
 import torch
 from torch import nn
 
-RANDOM_MVDREAM = "random-init-sd-v2.1-base-4view"
-RANDOM_SD_BASE = "random-init-sd-2-1-base"
-RANDOM_SD_V = "random-init-sd-2-1"
-RANDOM_SD_TEXT = "random-init-sd-2-1-text"
-
 SD21_UNET_CONFIG = dict(
     in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -65,7 +60,8 @@ def random_mvdream() -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """Full-size MVDream UNet and SD VAE with random weights, and the LDM ᾱ table."""
     from diffusers import AutoencoderKL
 
-    from extern.mvdream import MVDREAM_UNET_CONFIGS, MultiViewUNetModel, alphas_cumprod, diffusers_vae_config
+    from extern.ldm import alphas_cumprod, diffusers_vae_config
+    from extern.mvdream import MVDREAM_UNET_CONFIGS, MultiViewUNetModel
 
     unet = build_on_device(lambda: MultiViewUNetModel(**MVDREAM_UNET_CONFIGS["sd-v2.1-base-4view"]), 11)
     vae = build_on_device(lambda: AutoencoderKL(**diffusers_vae_config()), 12)
@@ -84,7 +80,7 @@ def random_sd_vae() -> nn.Module:
     """The SD KL-f8 VAE with random weights."""
     from diffusers import AutoencoderKL
 
-    from extern.mvdream import diffusers_vae_config
+    from extern.ldm import diffusers_vae_config
 
     return build_on_device(lambda: AutoencoderKL(**diffusers_vae_config()), 15)
 
@@ -93,6 +89,29 @@ def random_sd_text_encoder() -> nn.Module:
     """The 23-layer SD 2.x CLIP text encoder with random weights."""
     from transformers import CLIPTextModel
 
-    from extern.mvdream import sd2_text_encoder_config
+    from extern.ldm import sd2_text_encoder_config
 
     return build_on_device(lambda: CLIPTextModel(sd2_text_encoder_config()), 16).eval()
+
+
+def _random_sd(v_prediction: bool, with_vae: bool):
+    from fourdfy.stand_ins.tiny import sd_scheduler
+
+    return random_sd_unet(v_prediction), sd_scheduler(v_prediction), random_sd_vae() if with_vae else None
+
+
+def random_sd_base(with_vae: bool = True):
+    """``random-init-sd-2-1-base``: SD 2.1-base UNet (eps), DDPM schedule and (optionally) the VAE."""
+    return _random_sd(False, with_vae)
+
+
+def random_sd_v(with_vae: bool = True):
+    """``random-init-sd-2-1``: SD 2.1 768-v UNet (v-prediction), DDPM schedule and (optionally) the VAE."""
+    return _random_sd(True, with_vae)
+
+
+def random_sd_text():
+    """``random-init-sd-2-1-text``: the character tokenizer and the 23-layer SD 2.x text encoder."""
+    from fourdfy.stand_ins.text import TinyCharTokenizer
+
+    return TinyCharTokenizer(), random_sd_text_encoder()

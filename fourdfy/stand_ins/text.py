@@ -1,12 +1,8 @@
-"""Tiny random-weight stand-ins for the pretrained networks, selected by reserved names in configs.
+"""Tiny text stand-in and the seeding helper every tiny stand-in uses.
 
-They let the whole pipeline run on a CPU with no download (the README's install check, the smoke configs and
-the tests). They are built deterministically (fixed seed) with the real classes at tiny sizes, so the code
-paths are the real ones; only the weights are random.
-
-Reserved names:
-- ``tiny-random-clip`` (``pretrained_model_name_or_path`` of a prompt processor): a 2-layer CLIP text encoder of
-  width :data:`TINY_TEXT_DIM` and a character-level tokenizer with CLIP's 77-token layout.
+``tiny-random-clip`` (``pretrained_model_name_or_path`` of a prompt processor): a 2-layer CLIP text encoder of
+width :data:`TINY_TEXT_DIM` and a character-level tokenizer with CLIP's 77-token layout. Built deterministically
+(fixed seed) with the real class, so the code paths are the real ones; only the weights are random.
 """
 
 from contextlib import contextmanager
@@ -62,3 +58,8 @@ def tiny_text_encoder():
     with seeded(1234):
         model = CLIPTextModel(config)
     return model.eval()
+
+
+def tiny_clip():
+    """``tiny-random-clip``: the character tokenizer and the 2-layer text encoder."""
+    return TinyCharTokenizer(), tiny_text_encoder()
