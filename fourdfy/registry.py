@@ -3,16 +3,48 @@
 Every registered class declares its ``kind`` (``"geometry"``, ``"renderer"``, ``"guidance"``, ...). A config
 names a class with a ``*_type`` key; :func:`find` checks that the class exists *and* is of the kind the slot
 expects, so a geometry name in a renderer slot fails at start-up with a message naming the key.
+
+Two ways in:
+
+* :func:`register`, a class decorator, when the class's module is imported;
+* :func:`declare`, a *lazy* entry: name, kind, where the class lives and (optionally) where its ``Config`` lives.
+  The built-ins are declared by :mod:`fourdfy.catalog` (plain data, imported by ``fourdfy/__init__``), so looking
+  up or validating a name imports only the module it needs, and checking a config never imports the heavy ones
+  (Lightning, diffusers, transformers). The registry itself imports no module of the framework above it.
 """
 
+import importlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Optional, TypeVar
 
+from fourdfy import compat
 from fourdfy.config import ConfigError, did_you_mean, parse_config
 
 C = TypeVar("C", bound=type)
 
 _registry: dict[str, type] = {}
+
+
+class Declared(NamedTuple):
+    """A lazily imported built-in: ``target`` and ``config`` are ``"module:attribute"``."""
+
+    kind: str
+    target: str
+    config: Optional[str] = None
+
+
+_declared: dict[str, Declared] = {}
+
+
+def declare(name: str, kind: str, target: str, config: Optional[str] = None) -> None:
+    """Declare ``name`` as the class ``target`` (``"module:Class"``) of ``kind``, imported on first use;
+    ``config`` (``"module:ConfigClass"``) is where its ``Config`` can be read without importing ``target``."""
+    _declared[name] = Declared(kind, target, config)
+
+
+def _load(location: str) -> Any:
+    module, attribute = location.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def register(name: str) -> Callable[[C], C]:
@@ -33,14 +65,24 @@ def register(name: str) -> Callable[[C], C]:
 
 
 def registered_names(kind: str | None = None) -> list[str]:
-    """All registered names, optionally only those of one kind."""
-    import fourdfy.catalog  # noqa: F401  (registers the built-in modules)
+    """All registered and declared names, optionally only those of one kind."""
+    kinds = {n: c.kind for n, c in _registry.items()} | {n: d.kind for n, d in _declared.items()}
+    return sorted(n for n, k in kinds.items() if kind is None or k == kind)
 
-    return sorted(n for n, c in _registry.items() if kind is None or c.kind == kind)
+
+def _check_name(name: str, kind: str, path: str) -> None:
+    if name not in _registry and name not in _declared:
+        names = registered_names(kind)
+        raise ConfigError(
+            f"{path}: unknown {kind} type {name!r}.{did_you_mean(name, names)} Registered {kind} types: {', '.join(names)}."
+        )
+    actual = _registry[name].kind if name in _registry else _declared[name].kind
+    if actual != kind:
+        raise ConfigError(f"{path}: {name!r} is a {actual}, but this slot needs a {kind}.")
 
 
 def find(name: str, kind: str, path: str) -> type:
-    """Look up a registered class by name and check its kind.
+    """Look up a registered class by name and check its kind (importing its module if it is only declared).
 
     Args:
         name: the registered type name (e.g. ``"implicit-volume"``).
@@ -50,24 +92,28 @@ def find(name: str, kind: str, path: str) -> type:
     Raises:
         ConfigError: unknown name (with the closest match and the valid names of that kind) or wrong kind.
     """
-    import fourdfy.catalog  # noqa: F401  (registers the built-in modules)
-
+    _check_name(name, kind, path)
     if name not in _registry:
-        names = registered_names(kind)
-        raise ConfigError(
-            f"{path}: unknown {kind} type {name!r}.{did_you_mean(name, names)} Registered {kind} types: {', '.join(names)}."
-        )
-    cls = _registry[name]
-    if cls.kind != kind:
-        raise ConfigError(f"{path}: {name!r} is a {cls.kind}, but this slot needs a {kind}.")
-    return cls
+        cls = _load(_declared[name].target)
+        if _registry.get(name) is not cls:
+            raise TypeError(f"{_declared[name].target} is declared as {name!r} but does not register under that name")
+    return _registry[name]
+
+
+def find_config(name: str, kind: str, path: str) -> type:
+    """The ``Config`` class of a type, importing only the module that holds it (see :func:`declare`)."""
+    _check_name(name, kind, path)
+    if name in _registry:
+        return _registry[name].Config
+    declared = _declared[name]
+    return _load(declared.config) if declared.config else find(name, kind, path).Config
 
 
 def build(kind: str, name: str, raw_cfg: Any, path: str, *args: Any, **kwargs: Any) -> Any:
     """Find the class, parse its config slice strictly and construct it with ``(cfg, *args, path=path, **kwargs)``
     (every part receives its dotted config path, for error messages)."""
     cls = find(name, kind, path)
-    cfg = parse_config(cls.Config, raw_cfg, path)
+    cfg = parse_config(cls.Config, compat.strip(name, raw_cfg, path), path)
     return cls(cfg, *args, path=path, **kwargs)
 
 
@@ -81,8 +127,7 @@ def validate(kind: str, name: str, raw_cfg: Any, path: str) -> Any:
     """
     from fourdfy.config import child_slots
 
-    cls = find(name, kind, path)
-    cfg = parse_config(cls.Config, raw_cfg, path)
+    cfg = parse_config(find_config(name, kind, path), compat.strip(name, raw_cfg, path), path)
     for slot, type_field, child_kind, optional in child_slots(type(cfg)):
         child_name = getattr(cfg, type_field)
         child_raw = getattr(cfg, slot)

@@ -11,7 +11,7 @@ As in LDM (``make_beta_schedule`` + ``register_schedule``), every table is compu
 to float32; diffusers computes the linspace in float32, which differs by ~1e-7.
 """
 
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 import torch
 

@@ -8,10 +8,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from fourdfy.config import ConfigError
-from fourdfy.geometry.activations import get_activation
-from fourdfy.geometry.encoding_configs import parse_encoding_config, parse_mlp_config
-from fourdfy.geometry.encodings import get_encoding
-from fourdfy.geometry.networks import get_mlp
+from fourdfy.field_components.activations import get_activation
+from fourdfy.field_components.encoding_configs import parse_encoding_config, parse_mlp_config
+from fourdfy.field_components.encodings import get_encoding
+from fourdfy.field_components.networks import get_mlp
 from fourdfy.registry import register
 from fourdfy.utils.base import BaseModule
 

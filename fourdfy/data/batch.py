@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from fourdfy.utils.tensor_fields import map_tensors
+
 
 class BatchKind(enum.Enum):
     """Which guidance a training batch is for; decided once, by the data module."""
@@ -24,10 +26,11 @@ class BatchKind(enum.Enum):
 
 @dataclasses.dataclass
 class CameraBatch:
-    """Cameras and rays of one batch. ``B`` cameras rendered at ``H x W`` and at each of the ``T`` times.
+    """Cameras and rays of one batch: ``B`` cameras, each rendered at ``H x W`` at each of its ``T`` times.
 
-    All B cameras are rendered at every time in ``times``: a video clip is one camera (B = 1) with T frames;
-    image batches have T = 1.
+    Camera ``b`` is rendered at ``times[b, 0..T-1]``: a video clip is one camera (B = 1) with T frames; image
+    batches have T = 1 (in dynamic stages every view of a multi-view batch shares one time). Render outputs carry
+    the same ``[B, T]`` leading axes.
     """
 
     rays_o: Float[Tensor, "B H W 3"]
@@ -47,8 +50,8 @@ class CameraBatch:
     camera_distances: Float[Tensor, "B"]
     fovy: Float[Tensor, "B"]
     """Vertical field of view, degrees."""
-    times: Float[Tensor, "T"]
-    """Frame times in [0, 1] to render."""
+    times: Float[Tensor, "B T"]
+    """Times in [0, 1] at which each camera is rendered."""
     height: int
     width: int
     kind: BatchKind
@@ -58,37 +61,31 @@ class CameraBatch:
     """Evaluation only: times of the validation video (dynamic stages)."""
 
     @property
+    def num_times(self) -> int:
+        """``T``: times rendered per camera."""
+        return self.times.shape[1]
+
+    @property
     def batch_size(self) -> int:
         """Number of cameras."""
         return self.c2w.shape[0]
 
-    def with_times(self, times: Float[Tensor, "T2"]) -> "CameraBatch":
-        """The same cameras at other times."""
+    def with_times(self, times: Float[Tensor, "B T2"]) -> "CameraBatch":
+        """The same cameras at other times (``[B, T2]``, or ``[T2]`` for every camera)."""
+        if times.dim() == 1:
+            times = times[None].expand(self.batch_size, -1)
         return dataclasses.replace(self, times=times)
 
     def select(self, index: int) -> "CameraBatch":
-        """One camera of the batch (keeps the times)."""
-        sl = slice(index, index + 1)
-        return dataclasses.replace(
-            self,
-            rays_o=self.rays_o[sl],
-            rays_d=self.rays_d[sl],
-            mvp_mtx=self.mvp_mtx[sl],
-            c2w=self.c2w[sl],
-            camera_positions=self.camera_positions[sl],
-            light_positions=self.light_positions[sl],
-            elevation=self.elevation[sl],
-            azimuth=self.azimuth[sl],
-            camera_distances=self.camera_distances[sl],
-            fovy=self.fovy[sl],
-            index=None if self.index is None else self.index[sl],
-        )
+        """One camera of the batch (with its times)."""
+        return map_tensors(self, lambda x: x[index : index + 1], only=CAMERA_FIELDS)
 
     def to(self, device: torch.device) -> "CameraBatch":
         """Move all tensors to ``device``."""
-        changes = {
-            f.name: getattr(self, f.name).to(device)
-            for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        }
-        return dataclasses.replace(self, **changes)
+        return map_tensors(self, lambda x: x.to(device))
+
+
+CAMERA_FIELDS = tuple(
+    f.name for f in dataclasses.fields(CameraBatch) if f.name not in ("height", "width", "kind", "times_video")
+)
+"""Fields with a leading camera axis ``B``."""

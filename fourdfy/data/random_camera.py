@@ -27,8 +27,6 @@ class RandomCameraConfig:
     """Steps at which the next phase starts (the switch happens at the milestone step, inclusive)."""
     eval_height: int = 512
     eval_width: int = 512
-    eval_batch_size: int = 1
-    """Only 1 is supported (as in 4D-fy)."""
     n_val_views: int = 1
     n_test_views: int = 120
     elevation_range: tuple[float, float] = (-10.0, 90.0)
@@ -49,7 +47,6 @@ class RandomCameraConfig:
     eval_elevation_deg: float = 15.0
     eval_camera_distance: float = 1.5
     eval_fovy_deg: float = 70.0
-    light_sample_strategy: str = choice("dreamfusion", ("dreamfusion",), "Only the DreamFusion strategy (4D-fy's).")
     batch_uniform_azimuth: bool = True
     """Stratify azimuths over the batch."""
     static: bool = True
@@ -67,12 +64,6 @@ class RandomCameraConfig:
     """Video clip render height."""
     num_frames_factor: int = 1
     """Evaluation renders ``num_frames * num_frames_factor`` times."""
-    train_dynamic_camera: bool = False
-    """Moving cameras within a clip: broken in 4D-fy and not supported here (must stay false)."""
-    num_test_loop_factor: int = 1
-    """Accepted for 4D-fy compatibility; only used by 4D-fy's unused ``test_traj`` paths (must stay 1)."""
-    num_test_loop_static: int = 4
-    """Accepted for 4D-fy compatibility; only used by 4D-fy's unused ``test_traj`` paths (must stay 4)."""
     test_traj: Optional[str] = choice(None, (None, "motion_smooth", "motion_smooth_full"), "Dynamic test path.")
 
     def __post_init__(self) -> None:
@@ -84,12 +75,6 @@ class RandomCameraConfig:
                     f"{name}: {len(value)} values for {phases} resolution phases "
                     f"(resolution_milestones={self.resolution_milestones})"
                 )
-        if self.train_dynamic_camera:
-            raise ConfigError("train_dynamic_camera: true is not supported (4D-fy's implementation is broken)")
-        if self.num_test_loop_factor != 1 or self.num_test_loop_static != 4:
-            raise ConfigError("num_test_loop_factor/num_test_loop_static: only 4D-fy's defaults (1/4) are supported")
-        if self.eval_batch_size != 1:
-            raise ConfigError("eval_batch_size: only 1 is supported")
         if self.prob_single_view_video is not None and not 0.0 <= self.prob_single_view_video <= 1.0:
             raise ConfigError("prob_single_view_video: must be in [0, 1]")
         if self.num_frames < 1:
@@ -121,7 +106,8 @@ def make_batch(
     index: Optional[Tensor] = None,
     times_video: Optional[Tensor] = None,
 ) -> CameraBatch:
-    """Build a :class:`CameraBatch` from camera parameters (the shared tail of every sampler)."""
+    """Build a :class:`CameraBatch` from camera parameters (the shared tail of every sampler); every camera is
+    rendered at each of ``times``."""
     b = elevation.shape[0]
     positions = cam.spherical_to_position(elevation, azimuth, distance)
     if position_noise is not None:
@@ -143,7 +129,7 @@ def make_batch(
         azimuth=azimuth,
         camera_distances=distance,
         fovy=fovy,
-        times=times,
+        times=times[None].expand(b, -1),
         height=height,
         width=width,
         kind=kind,

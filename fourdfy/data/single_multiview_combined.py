@@ -6,17 +6,16 @@ Each training batch is a multi-view batch with probability ``prob_multi_view`` a
 evaluation cameras.
 """
 
-import dataclasses
 from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from fourdfy.config import ConfigError
 from fourdfy.data.batch import CameraBatch
-from fourdfy.data.random_camera import EvalCameraDataset, RandomCameraConfig, RandomCameraSampler
-from fourdfy.data.random_multiview import RandomMultiviewCameraConfig, RandomMultiviewCameraSampler
+from fourdfy.data.config import CombinedCameraDataConfig
+from fourdfy.data.random_camera import EvalCameraDataset, RandomCameraSampler
+from fourdfy.data.random_multiview import RandomMultiviewCameraSampler
 from fourdfy.registry import register
 from fourdfy.utils.base import Configurable
 
@@ -57,18 +56,7 @@ class SingleMultiviewCombinedCameraDataModule(pl.LightningDataModule, Configurab
 
     kind = "datamodule"
 
-    @dataclasses.dataclass
-    class Config:
-        prob_multi_view: float = 0.5
-        """Probability that a training batch is multi-view (MVDream)."""
-        single_view: RandomCameraConfig = dataclasses.field(default_factory=RandomCameraConfig)
-        """Single-view / video cameras; also defines the evaluation cameras."""
-        multi_view: RandomMultiviewCameraConfig = dataclasses.field(default_factory=RandomMultiviewCameraConfig)
-        """Multi-view cameras."""
-
-        def __post_init__(self) -> None:
-            if not 0.0 <= self.prob_multi_view <= 1.0:
-                raise ConfigError("prob_multi_view: must be in [0, 1]")
+    Config = CombinedCameraDataConfig
 
     def __init__(self, cfg, path: str = "data") -> None:
         super().__init__()

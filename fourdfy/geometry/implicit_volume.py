@@ -14,12 +14,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from fourdfy.config import ConfigError, choice
-from fourdfy.geometry.activations import get_activation
-from fourdfy.geometry.encoding_configs import parse_encoding_config, parse_mlp_config
-from fourdfy.geometry.encodings import CompositeEncoding, get_encoding
-from fourdfy.geometry.networks import get_mlp
+from fourdfy.field_components.activations import get_activation
+from fourdfy.field_components.encoding_configs import parse_encoding_config, parse_mlp_config
+from fourdfy.field_components.encodings import CompositeEncoding, get_encoding
+from fourdfy.field_components.networks import get_mlp
 from fourdfy.registry import register
-from fourdfy.utils.base import BaseModule
+from fourdfy.geometry.base import BaseGeometry, GeometryOutput
 
 DEFAULT_POS_ENCODING = {
     "otype": "HashGridSpatialTime",
@@ -43,21 +43,9 @@ class BlobAnnealConfig:
     end_val: float = 0.5
 
 
-@dataclasses.dataclass
-class GeometryOutput:
-    """Field values at ``N`` points."""
-
-    density: Float[Tensor, "N 1"]
-    features: Float[Tensor, "N F"]
-    dx: Optional[Float[Tensor, "N 3"]] = None
-    """Deformation offset (normalised units), deformation encoding only."""
-
-
 @register("implicit-volume")
-class ImplicitVolume(BaseModule):
+class ImplicitVolume(BaseGeometry):
     """Density and colour features from a (space-time) hash grid and two small bias-free MLPs."""
-
-    kind = "geometry"
 
     @dataclasses.dataclass
     class Config:
@@ -74,11 +62,6 @@ class ImplicitVolume(BaseModule):
         """tcnn-style encoding dict (``HashGridSpatialTime`` or ``HashGridSpatialTimeDeform``)."""
         mlp_network_config: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_MLP))
         """tcnn-style dict of both MLPs."""
-        normal_type: Optional[str] = choice(
-            "finite_difference", (None, "finite_difference", "finite_difference_laplacian", "analytic", "pred"),
-            "How normals would be computed; no 4D-fy material asks for normals, so none are computed.",
-        )  # fmt: skip
-        finite_difference_normal_eps: float = 0.01
         anneal_density_blob_std_config: Optional[BlobAnnealConfig] = None
         """Anneal the blob width (4D-fy's stage 3). Unlike threestudio, the annealed value is really used."""
         # isosurface settings: only read by mesh export, which fourdfy does not implement; accepted for 4D-fy configs
@@ -146,10 +129,10 @@ class ImplicitVolume(BaseModule):
 
     def forward(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> GeometryOutput:
         """Density and features at world ``points`` and ``times`` (in [0, 1])."""
-        enc, dx = self._encode(points, times)
+        enc, deformation = self._encode(points, times)
         raw = self.density_network(enc)
         density = self.density_act(raw + self.density_bias(points).to(raw.dtype))
-        return GeometryOutput(density=density, features=self.feature_network(enc), dx=dx)
+        return GeometryOutput(density=density, features=self.feature_network(enc), deformation=deformation)
 
     def forward_density(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> Float[Tensor, "N 1"]:
         """Density only (occupancy updates and sample culling)."""

@@ -123,8 +123,6 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """Accepted; already in effect: diffusers' default attention runs torch's scaled_dot_product_attention,
         which uses the flash / memory-efficient kernels on CUDA (xformers, 4D-fy's route, is not a dependency).
         ``enable_attention_slicing`` replaces it with sliced attention."""
-        enable_sequential_cpu_offload: bool = False
-        """Must stay false (rejected: see ``__post_init__``)."""
         enable_attention_slicing: bool = False
         """Sliced attention (slice size 1, as 4D-fy) in both UNets: less memory, slower."""
         enable_channels_last_format: bool = False
@@ -154,13 +152,6 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         placement for small cards); null: the system's device. Not combinable with data-parallel ``--gpu 0,1``."""
 
         def __post_init__(self) -> None:
-            if self.enable_sequential_cpu_offload:
-                raise ConfigError(
-                    "enable_sequential_cpu_offload: not supported. Lightning places the guidance's networks on the "
-                    "training device with the rest of the system, and accelerate's offload hooks would move them "
-                    "back and forth behind its back. Set it to false; to save memory use half_precision_weights, "
-                    "enable_attention_slicing, or a low-VRAM config."
-                )
             if self.lora_n_timestamp_samples < 1:
                 raise ConfigError("lora_n_timestamp_samples: must be >= 1")
             if not 0.0 < self.max_step_percent_annealed <= 1.0:

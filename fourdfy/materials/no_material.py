@@ -6,9 +6,9 @@ from typing import Optional
 from jaxtyping import Float
 from torch import Tensor
 
-from fourdfy.geometry.activations import get_activation
-from fourdfy.geometry.encoding_configs import parse_mlp_config
-from fourdfy.geometry.networks import get_mlp
+from fourdfy.field_components.activations import get_activation
+from fourdfy.field_components.encoding_configs import parse_mlp_config
+from fourdfy.field_components.networks import get_mlp
 from fourdfy.registry import register
 from fourdfy.utils.base import BaseModule
 

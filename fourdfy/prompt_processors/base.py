@@ -23,6 +23,7 @@ from torch import Tensor
 from fourdfy.config import ConfigError
 from fourdfy.utils.base import BaseObject
 from fourdfy.utils.io import atomic_write
+from fourdfy.utils.tensor_fields import map_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +100,7 @@ class PromptEmbeddings:
 
     def to(self, device: torch.device) -> "PromptEmbeddings":
         """Move all tensors to ``device``."""
-        return dataclasses.replace(
-            self,
-            cond=self.cond.to(device),
-            uncond=self.uncond.to(device),
-            cond_directional=self.cond_directional.to(device),
-            uncond_directional=self.uncond_directional.to(device),
-        )
+        return map_tensors(self, lambda x: x.to(device))
 
 
 def directional_prompts(prompt: str, view_dependent_prompt_front: bool) -> list[str]:

@@ -3,51 +3,42 @@
 import dataclasses
 from typing import Any, Optional
 
-import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from fourdfy.data.batch import CameraBatch
+from fourdfy.geometry.base import BaseGeometry
 from fourdfy.utils.base import BaseModule
 
 
 @dataclasses.dataclass
 class RenderOutput:
-    """Images rendered for ``N`` cameras (or camera-time pairs)."""
+    """Images rendered for ``B`` cameras at ``T`` times each (``T = 1`` for image batches)."""
 
-    comp_rgb: Float[Tensor, "N H W 3"]
+    comp_rgb: Float[Tensor, "B T H W 3"]
     """Foreground composited over the background."""
-    comp_rgb_fg: Float[Tensor, "N H W 3"]
-    comp_rgb_bg: Float[Tensor, "N H W 3"]
-    opacity: Float[Tensor, "N H W 1"]
-    depth: Float[Tensor, "N H W 1"]
+    comp_rgb_fg: Float[Tensor, "B T H W 3"]
+    comp_rgb_bg: Float[Tensor, "B T H W 3"]
+    opacity: Float[Tensor, "B T H W 1"]
+    depth: Float[Tensor, "B T H W 1"]
     """Expected ray distance (not divided by opacity, as in 4D-fy)."""
-    z_variance: Float[Tensor, "N H W 1"]
-    deformation: Optional[Float[Tensor, "N H W 3"]] = None
+    z_variance: Float[Tensor, "B T H W 1"]
+    deformation: Optional[Float[Tensor, "B T H W 3"]] = None
     """Expected deformation offset per pixel (deformation geometry with the mask renderer)."""
     num_samples: int = 0
     """Samples evaluated (statistics)."""
 
-    @staticmethod
-    def cat(outputs: list["RenderOutput"]) -> "RenderOutput":
-        """Concatenate along the first axis (e.g. the frames of a clip)."""
-        if len(outputs) == 1:
-            return outputs[0]
-        fields: dict[str, Any] = {}
-        for f in dataclasses.fields(RenderOutput):
-            values = [getattr(o, f.name) for o in outputs]
-            if f.name == "num_samples":
-                fields[f.name] = sum(values)
-            elif any(v is None for v in values):
-                fields[f.name] = None
-            else:
-                fields[f.name] = torch.cat(values, dim=0)
-        return RenderOutput(**fields)
+    def frames(self, name: str = "comp_rgb") -> Tensor:
+        """A field with the camera and time axes merged, time-major like 4D-fy's ``[T*B, H, W, C]`` (for T = 1
+        or B = 1, which is every training batch, this is simply ``[B*T, H, W, C]``)."""
+        value = getattr(self, name)
+        return value.transpose(0, 1).reshape(-1, *value.shape[2:])
 
 
 class Renderer(BaseModule):
-    """Renders a camera batch at one time. The geometry, material and background are *not* registered as child
-    modules of the renderer (the system owns them), so each weight appears once in the state dict."""
+    """Renders every camera of a batch at each of its times in one packed pass. The geometry, material and
+    background are *not* registered as child modules of the renderer (the system owns them), so each weight
+    appears once in the state dict."""
 
     kind = "renderer"
 
@@ -56,7 +47,9 @@ class Renderer(BaseModule):
         radius: float = 1.0
         """Half-size of the scene's bounding box [-radius, radius]^3."""
 
-    def __init__(self, cfg: Any, geometry: nn.Module, material: nn.Module, background: nn.Module, path: str = "system.renderer") -> None:
+    def __init__(
+        self, cfg: Any, geometry: BaseGeometry, material: nn.Module, background: nn.Module, path: str = "system.renderer"
+    ) -> None:
         nn.Module.__init__(self)
         self._parts = (geometry, material, background)  # a tuple: not registered as submodules
         self.path = path
@@ -64,7 +57,7 @@ class Renderer(BaseModule):
         self.configure()
 
     @property
-    def geometry(self) -> nn.Module:
+    def geometry(self) -> BaseGeometry:
         return self._parts[0]
 
     @property
@@ -75,6 +68,16 @@ class Renderer(BaseModule):
     def background(self) -> nn.Module:
         return self._parts[2]
 
-    def forward(self, batch: CameraBatch, time: float) -> RenderOutput:
-        """Render every camera of ``batch`` at ``time`` (in [0, 1])."""
+    def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
+        """Render camera ``b`` of ``batch`` at each of ``batch.times[b]``; outputs are ``[B, T, H, W, C]``.
+
+        Args:
+            batch: cameras, rays and times.
+            grad_budget: cap on the samples that carry gradients (low-VRAM renderers; see
+                :meth:`gradient_budget`); ``None``: no cap. Renderers without a cap ignore it.
+        """
         raise NotImplementedError
+
+    def gradient_budget(self, video: bool) -> Optional[int]:
+        """The ``grad_budget`` a training branch should pass (video or image batches); ``None``: no cap."""
+        return None

@@ -1,10 +1,14 @@
 """``nerf-volume-renderer`` and the low-VRAM ``mask-nerf-volume-renderer``.
 
 Both march rays through an occupancy grid (:class:`~fourdfy.renderers.occupancy_grid.OccupancyGrid`, nerfacc
-semantics, pure PyTorch), shade the surviving samples with the geometry and material at the given time, composite
-them front to back and put the background behind: ``comp_rgb = fg + bg * (1 - opacity)``.
+semantics, pure PyTorch), shade the surviving samples with the geometry and material, composite them front to
+back and put the background behind: ``comp_rgb = fg + bg * (1 - opacity)``.
 
-The mask renderer additionally caps how many samples carry gradients: beyond ``max_grad_samples`` a random subset
+Time is a tensor all the way: a batch of ``B`` cameras at ``T`` times each is one packed set of ``B*T*H*W`` rays,
+each carrying its time, so a 16-frame clip is one occupancy sampling and one field evaluation (4D-fy rendered it
+as 16 calls with the time set on the encoder). Every sample is evaluated at its ray's time.
+
+The mask renderer additionally caps how many samples carry gradients: beyond ``grad_budget`` a random subset
 is evaluated with autograd and the rest under ``no_grad`` (4D-fy's ``train_max_nums`` memory knob).
 """
 
@@ -17,9 +21,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from fourdfy.config import ConfigError, child_slot, choice
-from fourdfy.data.batch import BatchKind, CameraBatch
+from fourdfy.data.batch import CameraBatch
 from fourdfy.registry import register
 from fourdfy.renderers.base import RenderOutput, Renderer
+from fourdfy.utils.tensor_fields import cat_tensors, scatter_tensors
 from fourdfy.renderers.occupancy_grid import OccupancyGrid
 from fourdfy.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
 
@@ -30,7 +35,8 @@ class Shading:
 
     density: Float[Tensor, "S"]
     rgb: Float[Tensor, "S 3"]
-    dx: Optional[Float[Tensor, "S 3"]] = None
+    deformation: Optional[Float[Tensor, "S 3"]] = None
+    """Deformation offset of the sample (deformation geometry only)."""
 
 
 def composite(
@@ -41,7 +47,7 @@ def composite(
     bg: Float[Tensor, "R 3"],
 ) -> dict[str, Optional[Tensor]]:
     """Front-to-back compositing of packed samples. Returns per-ray ``comp_rgb``, ``comp_rgb_fg``, ``opacity``,
-    ``depth`` (not divided by opacity), ``z_variance`` and ``deformation`` (``None`` without ``dx``)."""
+    ``depth`` (not divided by opacity), ``z_variance`` and ``deformation`` (``None`` without one)."""
     n_rays = bg.shape[0]
     weights, _, _ = render_weight_from_density(t_starts, t_ends, shading.density, ray_indices, n_rays)
     t_mid = (t_starts + t_ends)[:, None] * 0.5
@@ -50,8 +56,8 @@ def composite(
     fg = accumulate_along_rays(weights, shading.rgb, ray_indices, n_rays)
     z_var = accumulate_along_rays(weights, (t_mid - depth[ray_indices]) ** 2, ray_indices, n_rays)
     deformation = None
-    if shading.dx is not None:
-        deformation = accumulate_along_rays(weights, shading.dx, ray_indices, n_rays)
+    if shading.deformation is not None:
+        deformation = accumulate_along_rays(weights, shading.deformation, ray_indices, n_rays)
     return {
         "comp_rgb": fg + bg * (1.0 - opacity),
         "comp_rgb_fg": fg,
@@ -77,16 +83,9 @@ class NeRFVolumeRenderer(Renderer):
         """Rays per chunk in evaluation."""
         prune_alpha_threshold: bool = True
         """Drop samples with opacity < 0.01 (or the grid's mean occupancy, if lower) before shading."""
-        return_comp_normal: bool = False
-        """Normals are not computed by any 4D-fy material; must stay false."""
-        return_normal_perturb: bool = False
-        """Must stay false (see ``return_comp_normal``)."""
         occ_grid_res: int = 32
         """Occupancy grid resolution."""
 
-        def __post_init__(self) -> None:
-            if self.return_comp_normal or self.return_normal_perturb:
-                raise ConfigError("return_comp_normal/return_normal_perturb: normals are not supported; set false")
 
     def configure(self) -> None:
         r = self.cfg.radius
@@ -115,12 +114,12 @@ class NeRFVolumeRenderer(Renderer):
 
     # -- rendering ----------------------------------------------------------------------------------------------
 
-    def sample(self, rays_o: Tensor, rays_d: Tensor, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Occupied, visible intervals along the rays (no gradients)."""
+    def sample(self, rays_o: Tensor, rays_d: Tensor, ray_times: Float[Tensor, "R 1"]) -> tuple[Tensor, Tensor, Tensor]:
+        """Occupied, visible intervals along the rays (no gradients); densities are culled at each ray's time."""
 
         def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
             pos = rays_o[ray_indices] + rays_d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
-            return self.geometry.forward_density(pos, times)[:, 0]
+            return self.geometry.forward_density(pos, ray_times[ray_indices])[:, 0]
 
         near, far = self.planes()
         return self.estimator.sampling(
@@ -134,44 +133,56 @@ class NeRFVolumeRenderer(Renderer):
         """Near and far distance of the samples (nerfacc's defaults here)."""
         return 0.0, 1e10
 
-    def shade(self, positions: Float[Tensor, "S 3"], viewdirs: Float[Tensor, "S 3"], times: Tensor) -> Shading:
-        """Field and material at sample positions."""
+    def shade(self, positions: Float[Tensor, "S 3"], viewdirs: Float[Tensor, "S 3"], times: Float[Tensor, "S 1"]) -> Shading:
+        """Field and material at sample positions and times."""
         geo = self.geometry(positions, times)
         rgb = self.material(geo.features, viewdirs)
-        return Shading(density=geo.density[:, 0], rgb=rgb, dx=geo.dx)
+        return Shading(density=geo.density[:, 0], rgb=rgb, deformation=geo.deformation)
 
     def shade_samples(
-        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, times: Tensor
-    ) -> Shading:
-        """Shade packed samples (overridden by the mask renderer to cap the gradient-carrying ones)."""
+        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
+        ray_times: Tensor, grad_budget: Optional[int],
+    ) -> Shading:  # fmt: skip
+        """Shade packed samples (the mask renderer overrides this to cap the gradient-carrying ones)."""
         dirs = rays_d[ray_indices]
         positions = rays_o[ray_indices] + dirs * ((t_starts + t_ends) * 0.5)[:, None]
-        return self.shade(positions, dirs, times)
+        return self.shade(positions, dirs, ray_times[ray_indices])
 
-    def render_rays(self, rays_o: Float[Tensor, "R 3"], rays_d: Float[Tensor, "R 3"], time: float) -> tuple[dict, int]:
-        """Render flat rays at one time; returns per-ray outputs and the number of samples."""
-        times = torch.full((1, 1), time, dtype=rays_o.dtype, device=rays_o.device)
-        ray_indices, t_starts, t_ends = self.sample(rays_o, rays_d, times)
-        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, times)
+    def render_rays(
+        self, rays_o: Float[Tensor, "R 3"], rays_d: Float[Tensor, "R 3"], ray_times: Float[Tensor, "R 1"],
+        grad_budget: Optional[int] = None,
+    ) -> tuple[dict, int]:  # fmt: skip
+        """Render flat rays, each at its own time; returns per-ray outputs and the number of samples."""
+        ray_indices, t_starts, t_ends = self.sample(rays_o, rays_d, ray_times)
+        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, grad_budget)
         bg = self.background(rays_d)
         return composite(shading, t_starts, t_ends, ray_indices, bg), int(ray_indices.shape[0])
 
-    def forward(self, batch: CameraBatch, time: float) -> RenderOutput:
-        b, h, w = batch.rays_o.shape[:3]
-        rays_o = batch.rays_o.reshape(-1, 3)
-        rays_d = batch.rays_d.reshape(-1, 3)
+    def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
+        rays_o, rays_d, ray_times = flat_rays(batch)
         if self.training:
-            out, n = self.render_rays(rays_o, rays_d, time)
+            out, n = self.render_rays(rays_o, rays_d, ray_times, grad_budget)
         else:
             chunk = self.cfg.eval_chunk_size
             parts, n = [], 0
             for i in range(0, rays_o.shape[0], chunk):
-                o, k = self.render_rays(rays_o[i : i + chunk], rays_d[i : i + chunk], time)
+                o, k = self.render_rays(rays_o[i : i + chunk], rays_d[i : i + chunk], ray_times[i : i + chunk])
                 parts.append(o)
                 n += k
             out = {key: (None if parts[0][key] is None else torch.cat([p[key] for p in parts])) for key in parts[0]}
-        shaped = {k: (None if v is None else v.reshape(b, h, w, -1)) for k, v in out.items()}
+        b, t, h, w = batch.batch_size, batch.num_times, batch.height, batch.width
+        shaped = {k: (None if v is None else v.reshape(b, t, h, w, -1)) for k, v in out.items()}
         return RenderOutput(**shaped, num_samples=n)
+
+
+def flat_rays(batch: CameraBatch) -> tuple[Float[Tensor, "R 3"], Float[Tensor, "R 3"], Float[Tensor, "R 1"]]:
+    """Rays of every camera-time pair, ``R = B*T*H*W`` in ``[B, T, H, W]`` order, and each ray's time."""
+    b, h, w = batch.rays_o.shape[:3]
+    t = batch.num_times
+    rays_o = batch.rays_o[:, None].expand(b, t, h, w, 3).reshape(-1, 3)
+    rays_d = batch.rays_d[:, None].expand(b, t, h, w, 3).reshape(-1, 3)
+    ray_times = batch.times[:, :, None, None].expand(b, t, h, w).reshape(-1, 1).to(rays_o.dtype)
+    return rays_o, rays_d, ray_times
 
 
 @register("mask-nerf-volume-renderer")
@@ -186,40 +197,20 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         randomized: bool = True
         near_plane: float = 0.0
         far_plane: float = 1e10
-        return_comp_normal: bool = False
-        """Must stay false (no normals)."""
-        return_normal_perturb: bool = False
-        """Must stay false (no normals)."""
-        estimator: str = choice("occgrid", ("occgrid",), "Only the occupancy grid (4D-fy's only used estimator).")
         grid_prune: bool = True
         """Skip empty space with the occupancy grid (false: every cell stays occupied, never updated)."""
         prune_alpha_threshold: bool = True
-        proposal_network_config: Optional[dict] = None
-        """Proposal-network estimator settings: unsupported (estimator must be occgrid); must stay null."""
-        prop_optimizer_config: Optional[dict] = None
-        """Must stay null (see ``proposal_network_config``)."""
-        prop_scheduler_config: Optional[dict] = None
-        """Must stay null (see ``proposal_network_config``)."""
-        num_samples_per_ray_proposal: int = 64
-        """Only read by the proposal estimator (unsupported); accepted for 4D-fy configs."""
-        num_samples_per_ray_importance: int = 64
-        """Only read by the importance estimator (unsupported); accepted for 4D-fy configs."""
         train_max_nums: int = 6000000
         """Per-iteration budget of gradient-carrying samples for video batches (divided over sub-renders)."""
         train_max_nums_static: int = 2000000
         """The same budget for image batches."""
 
         def __post_init__(self) -> None:
-            if self.return_comp_normal or self.return_normal_perturb:
-                raise ConfigError("return_comp_normal/return_normal_perturb: normals are not supported; set false")
-            if self.proposal_network_config or self.prop_optimizer_config or self.prop_scheduler_config:
-                raise ConfigError("proposal_network_config/prop_*: only the occupancy-grid estimator is supported")
             if self.train_max_nums < 1 or self.train_max_nums_static < 1:
                 raise ConfigError("train_max_nums/train_max_nums_static: must be >= 1")
 
     def configure(self) -> None:
         super().configure()
-        self.max_grad_samples: Optional[int] = None
         if not self.cfg.grid_prune:
             self.estimator.binaries.fill_(True)
 
@@ -233,41 +224,29 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
     def planes(self) -> tuple[float, float]:
         return self.cfg.near_plane, self.cfg.far_plane
 
+    def gradient_budget(self, video: bool) -> Optional[int]:
+        return self.cfg.train_max_nums if video else self.cfg.train_max_nums_static
+
     def shade_samples(
-        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, times: Tensor
-    ) -> Shading:
-        budget = self.max_grad_samples
+        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
+        ray_times: Tensor, grad_budget: Optional[int],
+    ) -> Shading:  # fmt: skip
         n = ray_indices.shape[0]
-        if not self.training or budget is None or n <= budget or not torch.is_grad_enabled():
-            return super().shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, times)
+        if not self.training or grad_budget is None or n <= grad_budget or not torch.is_grad_enabled():
+            return super().shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None)
         dirs = rays_d[ray_indices]
         positions = rays_o[ray_indices] + dirs * ((t_starts + t_ends) * 0.5)[:, None]
+        times = ray_times[ray_indices]
         perm = torch.randperm(n, device=positions.device)
-        with_grad, without = perm[:budget], perm[budget:]
-        graded = self.shade(positions[with_grad], dirs[with_grad], times)
+        with_grad, without = perm[:grad_budget], perm[grad_budget:]
+        graded = self.shade(positions[with_grad], dirs[with_grad], times[with_grad])
         chunk = self.cfg.eval_chunk_size
         with torch.no_grad():
-            rest = [self.shade(positions[without[i : i + chunk]], dirs[without[i : i + chunk]], times)
-                    for i in range(0, without.shape[0], chunk)]  # fmt: skip
-
-        def scatter(name: str) -> Optional[Tensor]:
-            first = getattr(graded, name)
-            if first is None:
-                return None
-            full = first.new_zeros((n, *first.shape[1:]))
-            full = full.index_put((with_grad,), first)
-            return full.index_put((without,), torch.cat([getattr(r, name) for r in rest]).to(first.dtype))
-
-        return Shading(density=scatter("density"), rgb=scatter("rgb"), dx=scatter("dx"))
-
-    def render_with_budget(self, batch: CameraBatch, time: float, max_grad_samples: Optional[int]) -> RenderOutput:
-        """Render with a temporary gradient budget (restored even if rendering fails)."""
-        previous = self.max_grad_samples
-        self.max_grad_samples = max_grad_samples
-        try:
-            return self(batch, time)
-        finally:
-            self.max_grad_samples = previous
+            rest = cat_tensors([
+                self.shade(positions[idx], dirs[idx], times[idx])
+                for idx in without.split(chunk)
+            ])  # fmt: skip
+        return scatter_tensors([(with_grad, graded), (without, rest)], like=graded, shape_of=lambda x: (n, *x.shape[1:]))
 
 
 @register("stable-nerf-volume-renderer")
@@ -304,16 +283,21 @@ class StableNeRFVolumeRenderer(Renderer):
         # once per step (4D-fy updated the occupancy EMA twice on update steps, reference §11.8)
         self.base_renderer.update_step(epoch, global_step, on_load_weights)
 
-    def forward(self, batch: CameraBatch, time: float) -> RenderOutput:
+    def gradient_budget(self, video: bool) -> Optional[int]:
+        return self.base_renderer.gradient_budget(video)
+
+    def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
+        """In training: the sub-images one by one, each with ``T * grad_budget // (rows * cols * B)`` samples
+        carrying gradients (4D-fy rendered each of the T frames separately with ``grad_budget // (rows * cols
+        * B)``). In evaluation: the whole image at once."""
         if not self.training:
-            return self.base_renderer(batch, time)
-        base = self.base_renderer.cfg
+            return self.base_renderer(batch)
         rows, cols = self.cfg.block_nums
-        total = base.train_max_nums if batch.kind == BatchKind.VIDEO else base.train_max_nums_static
-        budget = max(total // (rows * cols * batch.batch_size), 1)
         b, h, w = batch.rays_o.shape[:3]
-        pieces = {}
-        n = 0
+        budget = None
+        if grad_budget is not None:
+            budget = max(grad_budget // (rows * cols * b), 1) * batch.num_times
+        pieces = []
         for i in range(rows):
             for j in range(cols):
                 sub = dataclasses.replace(
@@ -323,18 +307,8 @@ class StableNeRFVolumeRenderer(Renderer):
                     height=math.ceil((h - i) / rows),
                     width=math.ceil((w - j) / cols),
                 )
-                pieces[(i, j)] = self.base_renderer.render_with_budget(sub, time, budget)
-                n += pieces[(i, j)].num_samples
-        fields = {}
-        first = pieces[(0, 0)]
-        for f in dataclasses.fields(RenderOutput):
-            if f.name == "num_samples":
-                continue
-            if getattr(first, f.name) is None:
-                fields[f.name] = None
-                continue
-            full = getattr(first, f.name).new_zeros((b, h, w, getattr(first, f.name).shape[-1]))
-            for (i, j), piece in pieces.items():
-                full[:, i::rows, j::cols] = getattr(piece, f.name)
-            fields[f.name] = full
-        return RenderOutput(**fields, num_samples=n)
+                index = (slice(None), slice(None), slice(i, None, rows), slice(j, None, cols))
+                pieces.append((index, self.base_renderer(sub, budget)))
+        first = pieces[0][1]
+        out = scatter_tensors(pieces, like=first, shape_of=lambda x: (*x.shape[:2], h, w, x.shape[-1]))
+        return dataclasses.replace(out, num_samples=sum(p.num_samples for _, p in pieces))

@@ -1,33 +1,20 @@
 """The Lightning system base: config, parts updated explicitly per step, optimizer groups, checkpoint hygiene and
 stage chaining (``system.weights``)."""
 
-import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from fourdfy.config import ConfigError, Scheduled
+from fourdfy.config import Scheduled
 from fourdfy.schedule import scheduled_value
-from fourdfy.systems.optim import OptimizerConfig, build_optimizer
+from fourdfy.systems.config import BaseSystemConfig
+from fourdfy.systems.optim import build_optimizer
 from fourdfy.systems.weights import load_stage_weights
 from fourdfy.utils.base import Configurable
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class WandbConfig:
-    enable: bool = False
-    """Log to Weights & Biases (needs the ``wandb`` package)."""
-    project: str = "threestudio"
-    name: str = ""
-
-
-@dataclasses.dataclass
-class LoggersConfig:
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
 
 class BaseSystem(pl.LightningModule, Configurable):
@@ -35,28 +22,7 @@ class BaseSystem(pl.LightningModule, Configurable):
 
     kind = "system"
 
-    @dataclasses.dataclass
-    class Config:
-        loggers: LoggersConfig = dataclasses.field(default_factory=LoggersConfig)
-        """Extra loggers."""
-        loss: Any = None
-        """Loss weights (a typed dataclass per system)."""
-        optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-        """Optimizer and its parameter groups."""
-        scheduler: Optional[dict] = None
-        """Learning-rate scheduler: not supported (no 4D-fy config uses one); must stay null."""
-        weights: Optional[str] = None
-        """Start from the trainable weights of another stage's checkpoint (see ``fourdfy.systems.weights``)."""
-        weights_ignore_modules: Optional[list[str]] = None
-        """Module prefixes not to take from ``weights`` (e.g. ``[renderer]`` to start a fresh occupancy grid)."""
-        cleanup_after_validation_step: bool = False
-        """Empty the CUDA cache after every validation step."""
-        cleanup_after_test_step: bool = False
-        """Empty the CUDA cache after every test step."""
-
-        def __post_init__(self) -> None:
-            if self.scheduler is not None:
-                raise ConfigError("scheduler: learning-rate schedulers are not supported; remove the key")
+    Config = BaseSystemConfig
 
     def __init__(self, cfg: Any, resumed: bool = False, path: str = "system") -> None:
         super().__init__()
@@ -106,8 +72,8 @@ class BaseSystem(pl.LightningModule, Configurable):
         self._true_global_step = global_step
         self._status_from_checkpoint = True
 
-    def C(self, value: Scheduled) -> float:
-        """A scheduled value at the current position."""
+    def scheduled(self, value: Scheduled) -> float:
+        """A scheduled value (a constant or ``[start_step, start, end, end_step]``) at the current position."""
         return scheduled_value(value, self.true_current_epoch, self.true_global_step)
 
     # -- Lightning hooks ----------------------------------------------------------------------------------------

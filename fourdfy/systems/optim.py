@@ -72,7 +72,12 @@ def build_optimizer(system: nn.Module, cfg: OptimizerConfig, key: str = "system.
     groups, seen = [], {}
     for path, options in cfg.params.items():
         group_key = f"{key}.params[{path}]" if "." in path else f"{key}.params.{path}"
-        target = resolve_attribute(system, path, group_key)
+        head, _, rest = path.partition(".")
+        alias = getattr(system, "optimizer_alias", lambda name: None)(head)
+        target = resolve_attribute(system, alias + (f".{rest}" if rest else "") if alias else path, group_key)
+        if alias is not None and isinstance(target, nn.Module):
+            # a 4D-fy alias group takes only the trainable parameters: never the frozen pretrained networks
+            target = [p for p in target.parameters() if p.requires_grad]
         if target is None:
             logger.info("optimizer group %s is empty: that part is not built in this stage", path)
             params = []
@@ -80,6 +85,8 @@ def build_optimizer(system: nn.Module, cfg: OptimizerConfig, key: str = "system.
             params = list(target.parameters())
         elif isinstance(target, nn.Parameter):
             params = [target]
+        elif isinstance(target, list):
+            params = target
         else:
             raise ConfigError(f"{group_key}: {path} is a {type(target).__name__}, not a module or parameter")
         for p in params:

@@ -76,12 +76,13 @@ def test_branch_probabilities_and_video_batches():
     n_mv = sum(k.kind == BatchKind.MULTI_VIEW for k in kinds)
     assert 70 < n_mv < 130
     video = next(k for k in kinds if k.kind == BatchKind.VIDEO)
-    assert video.rays_o.shape == (1, 16, 24, 3) and video.times.shape == (4,)
-    gaps = video.times[1:] - video.times[:-1]
+    assert video.rays_o.shape == (1, 16, 24, 3) and video.times.shape == (1, 4)
+    gaps = video.times[0, 1:] - video.times[0, :-1]
     torch.testing.assert_close(gaps, torch.full_like(gaps, 0.25))
-    assert 0.0 <= float(video.times[0]) < 0.25
+    assert 0.0 <= float(video.times[0, 0]) < 0.25
     mv = next(k for k in kinds if k.kind == BatchKind.MULTI_VIEW)
-    assert mv.times.shape == (1,)  # image steps render one of the clip's times
+    assert mv.times.shape == (4, 1)  # image steps render one of the clip's times, the same for every view
+    assert bool((mv.times == mv.times[0, 0]).all())
 
 
 def test_eval_paths():

@@ -54,11 +54,11 @@ def test_mask_and_patch_renderers_match_the_full_renderer():
     for r in (full, mask, patch):
         warm(r)
     b = batch()
-    ref = full(b, 0.0)
+    ref = full(b)
     assert ref.num_samples > 500 and float(ref.opacity.detach().std()) > 0
     budget = ref.num_samples // 3
-    out_mask = mask.render_with_budget(b, 0.0, budget)
-    out_patch = patch(b, 0.0)
+    out_mask = mask(b, budget)
+    out_patch = patch(b, patch.gradient_budget(video=False))
     for out in (out_mask, out_patch):
         for f in ("comp_rgb", "opacity", "depth"):
             torch.testing.assert_close(getattr(out, f), getattr(ref, f), atol=1e-5, rtol=1e-5)
@@ -67,10 +67,9 @@ def test_mask_and_patch_renderers_match_the_full_renderer():
     out_mask.comp_rgb.sum().backward()
     g_budget = geo.encoding.encoding.encoding.params.grad.abs().sum()
     geo.zero_grad()
-    full(b, 0.0).comp_rgb.sum().backward()
+    full(b).comp_rgb.sum().backward()
     g_full = geo.encoding.encoding.encoding.params.grad.abs().sum()
     assert 0 < float(g_budget) < float(g_full)
-    assert mask.max_grad_samples is None  # the temporary budget was restored
 
 
 def test_patch_renderer_refuses_random_background():
@@ -88,8 +87,8 @@ def test_deformation_is_rendered_for_a_dynamic_deform_field():
     geo, mat, bg = parts(enc)
     r = MaskNeRFVolumeRenderer({"num_samples_per_ray": 32, "randomized": False}, geo, mat, bg)
     warm(r)
-    out = r(batch(b=1, kind=BatchKind.VIDEO), 0.5)
-    assert out.deformation is not None and out.deformation.shape == (1, 12, 12, 3)
+    out = r(batch(b=1, times=(0.5,), kind=BatchKind.VIDEO))
+    assert out.deformation is not None and out.deformation.shape == (1, 1, 12, 12, 3)
     out.deformation.sum().backward()
     assert geo.encoding.encoding.time_network.layers[0].weight.grad is not None
 

@@ -5,9 +5,9 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-import fourdfy.geometry.encoding_configs as ec
+import fourdfy.field_components.encoding_configs as ec
 from fourdfy.config import ConfigError
-from fourdfy.geometry.encoding_configs import (
+from fourdfy.field_components.encoding_configs import (
     GridEncodingConfig,
     HashGridSpatialTimeConfig,
     HashGridSpatialTimeDeformConfig,
@@ -16,8 +16,8 @@ from fourdfy.geometry.encoding_configs import (
     parse_encoding_config,
     parse_mlp_config,
 )
-from fourdfy.geometry.encodings import HashGridSpatialTimeDeform, get_encoding
-from fourdfy.geometry.networks import get_mlp
+from fourdfy.field_components.encodings import HashGridSpatialTimeDeform, get_encoding
+from fourdfy.field_components.networks import get_mlp
 
 POS = "system.geometry.pos_encoding_config"
 SCALE = 1.447269237440378
@@ -201,7 +201,7 @@ def test_bad_activation_raises():
 def test_inert_grid_keys_accepted_and_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(ec, "_logged_inert", set())
     raw = dict(DEFORM_KEYS["time_encoding_config"])
-    with caplog.at_level(logging.INFO, logger="fourdfy.geometry.encoding_configs"):
+    with caplog.at_level(logging.INFO, logger="fourdfy.field_components.encoding_configs"):
         a = parse_encoding_config(raw, "t")
         parse_encoding_config(raw, "t")
     assert (a.start_level, a.start_step, a.update_steps) == (4, 0, 500)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fourdfy.geometry.encodings import (
+from fourdfy.field_components.encodings import (
     CompositeEncoding,
     GridEncoding,
     HashGridSpatialTime,
@@ -14,8 +14,8 @@ from fourdfy.geometry.encodings import (
     SphericalHarmonics,
     get_encoding,
 )
-from fourdfy.geometry.hash_grid import HashGrid
-from fourdfy.geometry.networks import VanillaMLP, get_mlp
+from fourdfy.field_components.hash_grid import HashGrid
+from fourdfy.field_components.networks import VanillaMLP, get_mlp
 
 PI = math.pi
 
@@ -305,7 +305,9 @@ def test_vanilla_mlp_layout_and_keys():
     }
     bg = get_mlp(9, 3, {"otype": "VanillaMLP", "activation": "ReLU", "n_neurons": 16, "n_hidden_layers": 2}, "bg")
     assert [k for k in bg.state_dict()] == ["layers.0.weight", "layers.2.weight", "layers.4.weight"]
-    assert isinstance(bg.layers[1], nn.ReLU) and isinstance(bg.layers[3], nn.ReLU)
+    assert bg.layers[1].name == "relu" and bg.layers[3].name == "relu"
+    x = torch.randn(5, 9)
+    torch.testing.assert_close(bg.layers[1](x), torch.relu(x))
 
 
 def test_vanilla_mlp_math_and_bias_option():

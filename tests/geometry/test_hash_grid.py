@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fourdfy.geometry.hash_grid import HashGrid, grid_layout, hash_grid_encode, level_corners, tcnn_module
+from fourdfy.field_components.hash_grid import HashGrid, grid_layout, hash_grid_encode, level_corners, tcnn_module
 
 SCALE_4DFY = 1.447269237440378
 PRIMES = [1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737]

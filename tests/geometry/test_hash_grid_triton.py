@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from fourdfy.geometry.hash_grid import grid_layout, hash_grid_encode
-from fourdfy.geometry import hash_grid_triton as ht
+from fourdfy.field_components.hash_grid import grid_layout, hash_grid_encode
+from fourdfy.field_components import hash_grid_triton as ht
 
 RUNNABLE = ht.triton_available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 pytestmark = pytest.mark.skipif(
@@ -48,7 +48,7 @@ def test_params_only_gradient():
 
 
 def test_module_routes_to_triton_and_matches():
-    from fourdfy.geometry.hash_grid import HashGrid
+    from fourdfy.field_components.hash_grid import HashGrid
 
     torch.manual_seed(0)
     ref = HashGrid(3, n_levels=4, log2_hashmap_size=9, base_resolution=4, per_level_scale=1.5, implementation="torch")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fourdfy import compat
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.data.batch import BatchKind, CameraBatch
 from fourdfy.errors import MissingWeightsError
@@ -48,7 +49,7 @@ def make_batch(b: int = B, size: int = 16) -> CameraBatch:
         rays_o=torch.zeros(b, size, size, 3), rays_d=torch.zeros(b, size, size, 3), mvp_mtx=mvp, c2w=c2w,
         camera_positions=c2w[:, :3, 3], light_positions=c2w[:, :3, 3],
         elevation=torch.tensor([10.0, 20.0, 5.0, 70.0][:b]), azimuth=torch.tensor([0.0, 170.0, 90.0, -30.0][:b]),
-        camera_distances=torch.full((b,), 2.5), fovy=torch.full((b,), 40.0), times=torch.zeros(1),
+        camera_distances=torch.full((b,), 2.5), fovy=torch.full((b,), 40.0), times=torch.zeros(b, 1),
         height=size, width=size, kind=BatchKind.SINGLE_VIEW,
     )  # fmt: skip
 
@@ -291,8 +292,10 @@ def test_config_errors():
         parse_config(cls, {"guidance_scale": "high"}, "system.guidance")
     with pytest.raises(ConfigError, match="camera_condition_type"):
         parse_config(cls, {"camera_condition_type": "rotation"}, "system.guidance")
-    with pytest.raises(ConfigError, match="enable_sequential_cpu_offload: not supported"):
-        parse_config(cls, {"enable_sequential_cpu_offload": True}, "system.guidance")
+    # a 4D-fy-only key is accepted at its default and refused, with the reason, otherwise (fourdfy/compat.py)
+    assert compat.strip("stable-diffusion-vsd-guidance", {"enable_sequential_cpu_offload": False}, "system.guidance") == {}
+    with pytest.raises(ConfigError, match="system.guidance.enable_sequential_cpu_offload: only False is accepted"):
+        compat.strip("stable-diffusion-vsd-guidance", {"enable_sequential_cpu_offload": True}, "system.guidance")
     # 4D-fy's stage-2 values parse, and the step percents may be scheduled
     cfg = parse_config(
         cls,

@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from fourdfy.config import ConfigError, choice, did_you_mean, join_path, parse_config
+from fourdfy.field_components.activations import MLP_ACTIVATIONS
 
 logger = logging.getLogger(__name__)
 
-ACTIVATIONS: tuple[str, ...] = ("none", "relu", "sigmoid", "tanh", "softplus", "exponential")
-"""Activation names accepted (case-insensitively; ``None`` and ``"none"`` mean identity)."""
+
 
 _logged_inert: set[str] = set()
 
@@ -117,10 +117,10 @@ class VanillaMLPConfig:
         _positive("n_hidden_layers", self.n_hidden_layers)
         for name in ("activation", "output_activation"):
             value = getattr(self, name)
-            if value is not None and value.lower() not in ACTIVATIONS:
+            if value is not None and value.lower() not in MLP_ACTIVATIONS:
                 raise ValueError(
-                    f"{name}: unknown activation {value!r}.{did_you_mean(value.lower(), ACTIVATIONS)} "
-                    f"Valid (case-insensitive): {', '.join(ACTIVATIONS)}."
+                    f"{name}: unknown activation {value!r}.{did_you_mean(value.lower(), MLP_ACTIVATIONS)} "
+                    f"Valid (case-insensitive): {', '.join(MLP_ACTIVATIONS)}."
                 )
 
 

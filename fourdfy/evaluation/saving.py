@@ -1,4 +1,4 @@
-"""Validation and test outputs with 4D-fy's file names (see ``fourdfy.systems.fourdfy``)."""
+"""Image, video and depth-map writing with 4D-fy's conventions (used by :mod:`fourdfy.evaluation.writers`)."""
 
 import re
 from pathlib import Path

@@ -2,7 +2,7 @@
 level and corner (the torch path's many launches made the hash grid the largest cost of a training step on an
 H100, see ``benchmarks/results/gpu_session.log``).
 
-Same semantics as :func:`fourdfy.geometry.hash_grid.hash_grid_encode` (tcnn's): ``pos = x * scale + 0.5``, cell =
+Same semantics as :func:`fourdfy.field_components.hash_grid.hash_grid_encode` (tcnn's): ``pos = x * scale + 0.5``, cell =
 floor, linear weights over the ``2^D`` corners, dense index ``sum_d (cell_d + bit_d) * stride_d`` or the coherent
 prime hash ``xor_d ((cell_d + bit_d) * prime_d)`` on uint32, then modulo the level size. The backward kernel
 scatters ``weight * grad`` into the table with atomic adds and, when asked, the input gradient
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fourdfy.geometry.hash_grid import HASH_PRIMES, GridLayout
+from fourdfy.field_components.hash_grid_layout import HASH_PRIMES, GridLayout
 
 try:  # optional dependency
     import triton
@@ -248,7 +248,7 @@ class _TritonHashGrid(torch.autograd.Function):
 
 
 def hash_grid_encode_triton(x: Tensor, params: Tensor, layout: GridLayout) -> Tensor:
-    """The Triton version of :func:`fourdfy.geometry.hash_grid.hash_grid_encode` (float32 output)."""
+    """The Triton version of :func:`fourdfy.field_components.hash_grid.hash_grid_encode` (float32 output)."""
     if triton is None:
         raise RuntimeError("the Triton hash grid needs the `triton` package")
     if not supports(layout):

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from fourdfy.geometry.encoding_configs import (
+from fourdfy.field_components.encoding_configs import (
     EncodingConfig,
     GridEncodingConfig,
     HashGridParams,
@@ -29,8 +29,8 @@ from fourdfy.geometry.encoding_configs import (
     SphericalHarmonicsConfig,
     parse_encoding_config,
 )
-from fourdfy.geometry.hash_grid import HashGrid
-from fourdfy.geometry.networks import VanillaMLP
+from fourdfy.field_components.hash_grid import HashGrid
+from fourdfy.field_components.networks import VanillaMLP
 
 # --------------------------------------------------------------------------------------------------------------
 # Spherical harmonics

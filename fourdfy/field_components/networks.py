@@ -7,34 +7,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from fourdfy.geometry.encoding_configs import VanillaMLPConfig, parse_mlp_config
-
-_ACTIVATION_MODULES = {
-    "none": nn.Identity,
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "softplus": nn.Softplus,
-}
-
-
-class _Exp(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.exp(x)
-
+from fourdfy.field_components.activations import MLP_ACTIVATIONS, Activation
+from fourdfy.field_components.encoding_configs import VanillaMLPConfig, parse_mlp_config
 
 def make_activation(name: Optional[str]) -> nn.Module:
     """Parameter-free activation module for a tcnn/threestudio activation name (``None``/``"none"``: identity).
 
     Args:
-        name: case-insensitive name, one of none, ReLU, Sigmoid, Tanh, Softplus, Exponential.
+        name: case-insensitive name, one of :data:`~fourdfy.field_components.activations.MLP_ACTIVATIONS`.
     """
     key = "none" if name is None else name.lower()
-    if key == "exponential":
-        return _Exp()
-    if key not in _ACTIVATION_MODULES:
-        raise ValueError(f"unknown activation {name!r}; use one of none, ReLU, Sigmoid, Tanh, Softplus, Exponential")
-    return _ACTIVATION_MODULES[key]()
+    if key not in MLP_ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; use one of {', '.join(MLP_ACTIVATIONS)} (case-insensitive)")
+    return Activation(key)
 
 
 class VanillaMLP(nn.Module):

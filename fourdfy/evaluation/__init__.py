@@ -1,0 +1,1 @@
+"""Evaluation: what is written during validation and test (``writers``, ``saving``), metrics and result pages."""
