@@ -17,7 +17,6 @@ model's own error class (``CheckpointSource.error``) with the file, where to get
 import os
 import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,8 @@ class CheckpointSource:
         repo_id, filename: the Hugging Face hub file.
         size_text: the official file's size, for the truncation message ("5.22 GB").
         error: exception class, called as ``error(message, path)``.
+        path_option: the config key that takes a local path, named in messages (optional).
+        article: "a" or "an" before ``model`` ("an MVDream checkpoint", "a VideoCrafter2 checkpoint").
     """
 
     model: str
@@ -57,12 +58,16 @@ class CheckpointSource:
     filename: str
     size_text: str
     error: Callable[[str, Optional[Path]], Exception]
+    path_option: Optional[str] = None
+    article: str = "a"
 
     @property
     def where_to_get(self) -> str:
         """One sentence saying where the file comes from."""
+        option = f" (config key `{self.path_option}`)" if self.path_option else ""
         return (f"Download it from the Hugging Face hub repo '{self.repo_id}', file '{self.filename}' "
-                f"(e.g. `huggingface-cli download {self.repo_id} {self.filename}`), and pass its local path.")
+                f"(e.g. `huggingface-cli download {self.repo_id} {self.filename}`), and pass its local path"
+                f"{option}.")
 
     def fail(self, message: str, path: Optional[Path] = None) -> Exception:
         """The error to raise (``raise source.fail(...)``)."""
@@ -142,7 +147,7 @@ def read_checkpoint(source: CheckpointSource, path: Path) -> dict[str, Tensor]:
                 f"original file. Details: {err}", path
             ) from err
         raise _corrupt_file_error(source, path, err) from err
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
+    except Exception as err:  # garbage fails in many ways: EOFError, KeyError, UnicodeDecodeError, BadZipFile, ...
         raise _corrupt_file_error(source, path, err) from err
     return unwrap_state_dict(source, raw, path)
 
@@ -226,8 +231,8 @@ def split_checkpoint(source: CheckpointSource, state_dict: Mapping[str, Tensor],
     absent = [prefix for prefix, part in required if not part]
     if absent:
         raise source.fail(
-            f"'{path}' is not an {source.model} checkpoint: no keys with prefix {absent}. Top-level key groups "
-            f"found: {_prefix_summary(list(state_dict))}. {source.where_to_get}", path
+            f"'{path}' is not {source.article} {source.model} checkpoint: no keys with prefix {absent}. "
+            f"Top-level key groups found: {_prefix_summary(list(state_dict))}. {source.where_to_get}", path
         )
     if unknown:
         shown = ", ".join(sorted(unknown)[:12])

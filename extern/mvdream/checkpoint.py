@@ -71,7 +71,7 @@ class MVDreamCheckpointError(Exception):
 
 
 SOURCE = CheckpointSource(model="MVDream", repo_id=HUB_REPO_ID, filename=HUB_FILENAME, size_text="5.22 GB",
-                          error=MVDreamCheckpointError)
+                          error=MVDreamCheckpointError, article="an")
 
 
 @dataclass
