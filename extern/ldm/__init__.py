@@ -9,7 +9,8 @@
   stripped), prefix split, schedule-buffer comparison, strict meta-device loads of the VAE and text tower; each
   model binds it to its own file and error class with a ``CheckpointSource``.
 * ``extern.ldm.unet_blocks`` — the generic LDM UNet blocks (``timestep_embedding``, ``GroupNorm32``, ``ResBlock``,
-  ``Downsample``, ``Upsample``, ``Attention``, ``FeedForward``) with the original parameter names.
+  ``Downsample``, ``Upsample``, ``Attention``, ``FeedForward``, ``BasicTransformerBlock``) with the original
+  parameter names.
 
 Network-specific code (UNets, checkpoint layouts) lives in ``extern/mvdream`` and ``extern/videocrafter``, which
 import from here and never from each other.

@@ -7,6 +7,7 @@ official checkpoints with ``strict=True``:
     Downsample: op              Upsample: conv
     Attention:  to_q  to_k  to_v (no bias)  to_out.0
     FeedForward: net.0.proj (GEGLU)  net.2
+    BasicTransformerBlock: attn1  ff  attn2  norm1  norm2  norm3
 
 Numerics: ``GroupNorm32`` normalises in fp32 and casts back (LDM's ``GroupNorm32``); attention is
 ``torch.nn.functional.scaled_dot_product_attention`` with the default 1/sqrt(dim_head) scale (the originals'
@@ -15,7 +16,7 @@ from these blocks can be ``torch.compile``-d or captured in CUDA graphs.
 """
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -161,3 +162,30 @@ class FeedForward(nn.Module):
     def forward(self, x: Float[Tensor, "n l c"]) -> Float[Tensor, "n l c"]:
         """Apply the MLP token-wise."""
         return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """SD's transformer block: self-attention, cross-attention, GEGLU MLP, each pre-LayerNorm with a residual.
+
+    Keys ``attn1``, ``ff``, ``attn2``, ``norm1``, ``norm2``, ``norm3`` (registered in the original's order). With
+    ``context_dim=None`` the second attention is a second *self*-attention (``to_k``/``to_v`` are [dim, dim]) and
+    ``forward`` must be called without a context, as LDM's blocks do when no context is given.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: Optional[int], dropout: float) -> None:
+        super().__init__()
+        self.attn1 = Attention(dim, dim, heads, dim_head, dropout)
+        self.ff = FeedForward(dim, dropout)
+        self.attn2 = Attention(dim, dim if context_dim is None else context_dim, heads, dim_head, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: Float[Tensor, "n l c"], context: Optional[Float[Tensor, "n m d"]] = None
+                ) -> Float[Tensor, "n l c"]:
+        """Run the block on the tokens of ``x``; ``context=None`` makes ``attn2`` attend to ``x`` itself."""
+        h = self.norm1(x)
+        x = self.attn1(h, h) + x
+        h = self.norm2(x)
+        x = self.attn2(h, h if context is None else context) + x
+        return self.ff(self.norm3(x)) + x
