@@ -20,7 +20,6 @@ Writes ``benchmarks/results/videocrafter_unet_<card-slug>.json`` (``_tiny`` appe
 """
 
 import argparse
-import contextlib
 import copy
 import json
 import sys
