@@ -5,6 +5,12 @@
 * ``sd2_text_encoder_config``, ``convert_open_clip_text_state_dict`` — OpenCLIP ViT-H-14 text tower ->
   transformers ``CLIPTextModel``.
 * ``check_state_dict``, ``StateDictMismatchError`` — name/shape comparison with every mismatch listed.
+* ``extern.ldm.checkpoint`` — safe reading of LDM checkpoint files (weights only, memory-mapped, wrappers
+  stripped), prefix split, schedule-buffer comparison, strict meta-device loads of the VAE and text tower; each
+  model binds it to its own file and error class with a ``CheckpointSource``.
+* ``extern.ldm.unet_blocks`` — the generic LDM UNet blocks (``timestep_embedding``, ``GroupNorm32``, ``ResBlock``,
+  ``Downsample``, ``Upsample``, ``Attention``, ``FeedForward``, ``BasicTransformerBlock``) with the original
+  parameter names.
 
 Network-specific code (UNets, checkpoint layouts) lives in ``extern/mvdream`` and ``extern/videocrafter``, which
 import from here and never from each other.

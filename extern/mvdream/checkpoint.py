@@ -10,13 +10,11 @@ The file is a flat dict of fp32 tensors (guidance-models.md §1.3):
 Loading reads the file with ``torch.load(weights_only=True, mmap=True)`` (never ``weights_only=False``), builds every
 module on the meta device and loads with ``strict=True, assign=True``, so the parameters are the (memory-mapped)
 checkpoint tensors themselves: no random init, no second copy in RAM. Every failure raises
-``MVDreamCheckpointError`` with the file and the offending keys named.
+``MVDreamCheckpointError`` with the file and the offending keys named. The file handling shared with VideoCrafter2
+lives in ``extern.ldm.checkpoint``; this module binds it to MVDream's file and error class.
 """
 
 import os
-import pickle
-import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,35 +23,36 @@ from typing import Any, Optional, Union
 import torch
 from diffusers import AutoencoderKL
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from extern.ldm.schedule import SCHEDULE_BUFFER_NAMES, schedule_buffers
-from extern.ldm.state_dict_check import check_state_dict, remaining_meta_tensors
-from extern.ldm.text_encoder import convert_open_clip_text_state_dict, reset_position_ids, sd2_text_encoder_config
-from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel
-from extern.ldm.vae import (
-    SD_VAE_DDCONFIG,
-    SD_VAE_EMBED_DIM,
-    SD_VAE_SCALING_FACTOR,
-    convert_ldm_vae_state_dict,
-    diffusers_vae_config,
+from extern.ldm import checkpoint as ldm_checkpoint
+from extern.ldm.checkpoint import (
+    COND_STAGE_PREFIX,
+    SCHEDULE_TOLERANCE,
+    TEXT_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    CheckpointParts,
+    CheckpointSource,
+    build_text_encoder,
+    build_vae,
+    finish_module,
+    load_strict,
 )
+from extern.ldm.schedule import SCHEDULE_BUFFER_NAMES, schedule_buffers
+from extern.ldm.text_encoder import sd2_text_encoder_config
+from extern.ldm.vae import SD_VAE_DDCONFIG, SD_VAE_EMBED_DIM, SD_VAE_SCALING_FACTOR, diffusers_vae_config
+from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel
 
 HUB_REPO_ID = "MVDream/MVDream"
 HUB_FILENAME = "sd-v2.1-base-4view.pt"
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.model."
-# Any other cond-stage key is ignored together with the tower when the text encoder is not requested.
-COND_STAGE_PREFIX = "cond_stage_model."
-# Largest relative deviation of a stored schedule buffer from the recomputed table before we warn.
-SCHEDULE_TOLERANCE = 1e-6
 
-_WHERE_TO_GET = (
-    f"Download it from the Hugging Face hub repo '{HUB_REPO_ID}', file '{HUB_FILENAME}' "
-    f"(e.g. `huggingface-cli download {HUB_REPO_ID} {HUB_FILENAME}`), and pass its local path."
-)
+__all__ = [
+    "COND_STAGE_PREFIX", "HUB_FILENAME", "HUB_REPO_ID", "SCHEDULE_TOLERANCE", "TEXT_PREFIX", "UNET_PREFIX",
+    "VAE_PREFIX", "CheckpointParts", "MVDreamCheckpointError", "MVDreamModels", "compare_schedule_buffers",
+    "load_mvdream", "read_checkpoint", "resolve_checkpoint_path", "split_checkpoint", "unwrap_state_dict",
+]
 
 
 class MVDreamCheckpointError(Exception):
@@ -69,6 +68,10 @@ class MVDreamCheckpointError(Exception):
     def __init__(self, message: str, path: Optional[Path] = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+SOURCE = CheckpointSource(model="MVDream", repo_id=HUB_REPO_ID, filename=HUB_FILENAME, size_text="5.22 GB",
+                          error=MVDreamCheckpointError, article="an")
 
 
 @dataclass
@@ -103,78 +106,16 @@ def resolve_checkpoint_path(path: Optional[Union[str, os.PathLike]] = None,
     Raises:
         MVDreamCheckpointError: the file does not exist, or the download/cache lookup failed.
     """
-    if path is not None:
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise MVDreamCheckpointError(f"MVDream checkpoint not found: '{resolved}' is not a file. {_WHERE_TO_GET}",
-                                         resolved)
-        return resolved
-    # Imported lazily: only the download path needs the hub client.
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(HUB_REPO_ID, HUB_FILENAME, cache_dir=cache_dir))
-    except Exception as err:  # hub errors have many types (offline, 404, connection, auth); report them all alike
-        raise MVDreamCheckpointError(
-            f"MVDream checkpoint could not be obtained from the hub ({type(err).__name__}: {err}). "
-            f"With HF_HUB_OFFLINE=1 only the local cache is searched. {_WHERE_TO_GET}"
-        ) from err
-
-
-def _corrupt_file_error(path: Path, err: Exception) -> MVDreamCheckpointError:
-    size = path.stat().st_size
-    return MVDreamCheckpointError(
-        f"MVDream checkpoint '{path}' ({size / 1e9:.3f} GB) could not be read; it is probably truncated or corrupt "
-        f"(the official file is 5.22 GB). Delete it and download again. {_WHERE_TO_GET} "
-        f"Details: {type(err).__name__}: {err}", path
-    )
-
-
-def _torch_load(path: Path, mmap: bool) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return ldm_checkpoint.resolve_checkpoint_path(SOURCE, path, cache_dir)
 
 
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat ``{name: tensor}`` dict without executing pickled code.
 
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True,
-    mmap=True)``, retried without mmap only for the legacy (pre-zip) torch format. Lightning/DeepSpeed wrappers
-    (``state_dict``, ``module``, ``_forward_module.``) are unwrapped.
-
-    Raises:
-        MVDreamCheckpointError: truncated/corrupt file, non-tensor pickles, or no tensor dict inside.
+    See ``extern.ldm.checkpoint.read_checkpoint``. Raises ``MVDreamCheckpointError`` for a truncated/corrupt file,
+    non-tensor pickles, or no tensor dict inside.
     """
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as err:
-            raise MVDreamCheckpointError(
-                f"MVDream checkpoint '{path}' could not be read as safetensors (truncated or corrupt?): {err}", path
-            ) from err
-        return unwrap_state_dict(raw, path)
-    try:
-        try:
-            raw = _torch_load(path, mmap=True)
-        except RuntimeError as err:
-            # Files from torch.save(_use_new_zipfile_serialization=False) cannot be memory-mapped.
-            if "mmap can only be used" not in str(err):
-                raise
-            raw = _torch_load(path, mmap=False)
-    except pickle.UnpicklingError as err:
-        # The restricted unpickler also rejects garbage bytes; only "Unsupported global" means a real object.
-        if "unsupported global" in str(err).lower():
-            raise MVDreamCheckpointError(
-                f"MVDream checkpoint '{path}' contains pickled objects other than tensors and containers, and is "
-                f"never loaded with weights_only=False. Re-save its state dict (tensors only), or get the original "
-                f"file. Details: {err}", path
-            ) from err
-        raise _corrupt_file_error(path, err) from err
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
-        raise _corrupt_file_error(path, err) from err
-    return unwrap_state_dict(raw, path)
+    return ldm_checkpoint.read_checkpoint(SOURCE, path)
 
 
 def unwrap_state_dict(obj: Any, path: Optional[Path] = None) -> dict[str, Tensor]:
@@ -183,43 +124,7 @@ def unwrap_state_dict(obj: Any, path: Optional[Path] = None) -> dict[str, Tensor
     Raises:
         MVDreamCheckpointError: if what remains is not a dict of tensors.
     """
-    while isinstance(obj, Mapping):
-        if isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-        elif isinstance(obj.get("module"), Mapping):
-            obj = obj["module"]
-        else:
-            break
-    if not isinstance(obj, Mapping):
-        raise MVDreamCheckpointError(
-            f"MVDream checkpoint '{path}' holds a {type(obj).__name__}, not a state dict. {_WHERE_TO_GET}", path
-        )
-    non_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))
-    if non_tensors:
-        raise MVDreamCheckpointError(
-            f"MVDream checkpoint '{path}': entries that are not tensors: {non_tensors[:10]}"
-            f"{' ...' if len(non_tensors) > 10 else ''}. Expected a flat state dict. {_WHERE_TO_GET}", path
-        )
-    wrapper = "_forward_module."
-    return {(k[len(wrapper):] if k.startswith(wrapper) else k): v for k, v in obj.items()}
-
-
-@dataclass
-class CheckpointParts:
-    """A checkpoint split by prefix (prefixes stripped)."""
-
-    unet: dict[str, Tensor]
-    vae: dict[str, Tensor]
-    text: dict[str, Tensor]
-    schedule: dict[str, Tensor]
-
-
-def _prefix_summary(names: list[str]) -> str:
-    counts: dict[str, int] = {}
-    for name in names:
-        head = name.split(".", 1)[0] + ("." if "." in name else "")
-        counts[head] = counts.get(head, 0) + 1
-    return ", ".join(f"'{head}*': {n}" for head, n in sorted(counts.items())) or "none"
+    return ldm_checkpoint.unwrap_state_dict(SOURCE, obj, path)
 
 
 def split_checkpoint(state_dict: Mapping[str, Tensor], load_text_encoder: bool = True,
@@ -234,38 +139,7 @@ def split_checkpoint(state_dict: Mapping[str, Tensor], load_text_encoder: bool =
     Raises:
         MVDreamCheckpointError: a required prefix is absent, or keys outside the known prefixes exist.
     """
-    parts = CheckpointParts({}, {}, {}, {})
-    unknown: list[str] = []
-    for name, tensor in state_dict.items():
-        if name.startswith(UNET_PREFIX):
-            parts.unet[name[len(UNET_PREFIX):]] = tensor
-        elif name.startswith(VAE_PREFIX):
-            parts.vae[name[len(VAE_PREFIX):]] = tensor
-        elif name.startswith(TEXT_PREFIX) and load_text_encoder:
-            parts.text[name[len(TEXT_PREFIX):]] = tensor
-        elif name.startswith(COND_STAGE_PREFIX) and not load_text_encoder:
-            continue
-        elif name in SCHEDULE_BUFFER_NAMES:
-            parts.schedule[name] = tensor
-        else:
-            unknown.append(name)
-    required = [(UNET_PREFIX, parts.unet), (VAE_PREFIX, parts.vae)]
-    if load_text_encoder:
-        required.append((TEXT_PREFIX, parts.text))
-    absent = [prefix for prefix, part in required if not part]
-    if absent:
-        raise MVDreamCheckpointError(
-            f"'{path}' is not an MVDream checkpoint: no keys with prefix {absent}. Top-level key groups found: "
-            f"{_prefix_summary(list(state_dict))}. {_WHERE_TO_GET}", path
-        )
-    if unknown:
-        shown = ", ".join(sorted(unknown)[:12])
-        raise MVDreamCheckpointError(
-            f"'{path}' has {len(unknown)} key(s) outside the MVDream layout (model.diffusion_model., "
-            f"first_stage_model., cond_stage_model.model., schedule buffers): {shown}"
-            f"{' ...' if len(unknown) > 12 else ''}. Is this the right model? {_WHERE_TO_GET}", path
-        )
-    return parts
+    return ldm_checkpoint.split_checkpoint(SOURCE, state_dict, SCHEDULE_BUFFER_NAMES, load_text_encoder, path)
 
 
 def compare_schedule_buffers(stored: Mapping[str, Tensor]) -> dict[str, float]:
@@ -278,40 +152,7 @@ def compare_schedule_buffers(stored: Mapping[str, Tensor]) -> dict[str, float]:
     Returns:
         the deviation per stored buffer name.
     """
-    ours = schedule_buffers()
-    deviations: dict[str, float] = {}
-    for name, tensor in stored.items():
-        reference = ours[name]
-        if tuple(tensor.shape) != tuple(reference.shape):
-            warnings.warn(f"MVDream checkpoint buffer '{name}' has shape {tuple(tensor.shape)}, expected "
-                          f"{tuple(reference.shape)}: the checkpoint's schedule differs from the LDM linear "
-                          f"0.00085..0.012 x 1000 schedule used here.", stacklevel=3)
-            deviations[name] = float("inf")
-            continue
-        diff = (tensor.double() - reference.double()).abs() / reference.double().abs().clamp(min=1.0)
-        deviations[name] = float(diff.max())
-        if deviations[name] > SCHEDULE_TOLERANCE:
-            warnings.warn(f"MVDream checkpoint buffer '{name}' deviates from the recomputed LDM schedule by "
-                          f"{deviations[name]:.3g} (> {SCHEDULE_TOLERANCE}); the recomputed table is used.",
-                          stacklevel=3)
-    return deviations
-
-
-def _load_strict(module: nn.Module, tensors: Mapping[str, Tensor], what: str, path: Path) -> None:
-    try:
-        check_state_dict(tensors, module.state_dict(), what)
-    except ValueError as err:
-        raise MVDreamCheckpointError(f"'{path}': {err}", path) from err
-    module.load_state_dict(tensors, strict=True, assign=True)
-
-
-def _finish(module: nn.Module, what: str, device: Optional[torch.device], dtype: Optional[torch.dtype]) -> None:
-    left = remaining_meta_tensors(module)
-    if left:  # a bug in our mapping, not a user error: every tensor must have come from the file
-        raise RuntimeError(f"{what}: tensors left uninitialised after loading: {left[:10]}")
-    module.to(device=device, dtype=dtype)
-    module.requires_grad_(False)
-    module.eval()
+    return ldm_checkpoint.compare_schedule_buffers(SOURCE, stored, schedule_buffers())
 
 
 def load_mvdream(
@@ -354,31 +195,15 @@ def load_mvdream(
 
         with torch.device("meta"):
             unet = MultiViewUNetModel(**dict(unet_config or MVDREAM_UNET_CONFIGS["sd-v2.1-base-4view"]))
-        _load_strict(unet, parts.unet, f"UNet ({UNET_PREFIX}*)", file)
-        _finish(unet, "UNet", target, dtype)
+        load_strict(SOURCE, unet, parts.unet, f"UNet ({UNET_PREFIX}*)", file)
+        finish_module(unet, "UNet", target, dtype)
 
         vae_config = diffusers_vae_config(vae_ddconfig or SD_VAE_DDCONFIG, SD_VAE_EMBED_DIM, SD_VAE_SCALING_FACTOR)
-        try:
-            vae_tensors = convert_ldm_vae_state_dict(parts.vae, vae_config)
-        except ValueError as err:
-            raise MVDreamCheckpointError(f"'{file}': {err}", file) from err
-        with torch.device("meta"):
-            vae = AutoencoderKL(**vae_config)
-        _load_strict(vae, vae_tensors, f"VAE ({VAE_PREFIX}*)", file)
-        _finish(vae, "VAE", target, dtype)
-
+        vae = build_vae(SOURCE, parts.vae, vae_config, file, target, dtype)
         text_encoder = None
         if load_text_encoder:
             config = text_config or sd2_text_encoder_config()
-            try:
-                text_tensors = convert_open_clip_text_state_dict(parts.text, config)
-            except ValueError as err:
-                raise MVDreamCheckpointError(f"'{file}': {err}", file) from err
-            with torch.device("meta"):
-                text_encoder = CLIPTextModel(config)
-            _load_strict(text_encoder, text_tensors, f"text encoder ({TEXT_PREFIX}*)", file)
-            reset_position_ids(text_encoder)
-            _finish(text_encoder, "text encoder", target, dtype)
+            text_encoder = build_text_encoder(SOURCE, parts.text, config, file, target, dtype)
     except MVDreamCheckpointError as err:
         if config_key is None:
             raise

@@ -1,7 +1,6 @@
 """load_mvdream on tiny random checkpoints in the official layout, and its error reporting. No network."""
 
 import pickle
-import re
 import warnings
 from pathlib import Path
 
@@ -10,13 +9,15 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 from torch import Tensor
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
 from extern.mvdream.checkpoint import MVDreamCheckpointError, load_mvdream
 from extern.ldm.schedule import alphas_cumprod, schedule_buffers
 from extern.ldm.text_encoder import convert_open_clip_text_state_dict
 from extern.mvdream.unet import MultiViewUNetModel
 from extern.ldm.vae import diffusers_vae_config
+
+from ldm_layout import open_clip_text_tower, tiny_text_config, to_ldm_vae
 
 WIDTH, HEADS, RESBLOCKS, VOCAB, CONTEXT = 32, 2, 3, 50, 8
 
@@ -30,53 +31,7 @@ VAE_DDCONFIG = {
     "double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
     "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
 }
-TEXT_CONFIG = CLIPTextConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=4 * WIDTH,
-                             num_hidden_layers=RESBLOCKS - 1, num_attention_heads=HEADS,
-                             max_position_embeddings=CONTEXT, hidden_act="gelu", layer_norm_eps=1e-5)
-
-# diffusers -> LDM names, written independently of extern.ldm.vae (its inverse) so the round trip tests it.
-_TO_LDM = [
-    (r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
-    (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
-    (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
-    (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
-    (r"\.mid_block\.attentions\.0\.group_norm\.", ".mid.attn_1.norm."),
-    (r"\.mid_block\.attentions\.0\.to_out\.0\.", ".mid.attn_1.proj_out."),
-    (r"\.mid_block\.attentions\.0\.to_([qkv])\.", r".mid.attn_1.\1."),
-    (r"\.conv_norm_out\.", ".norm_out."),
-    (r"\.conv_shortcut\.", ".nin_shortcut."),
-]
-
-
-def _to_ldm_vae(state_dict: dict[str, Tensor], levels: int) -> dict[str, Tensor]:
-    out = {}
-    for name, tensor in state_dict.items():
-        m = re.match(r"^decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.(.*)$", name)
-        if m:
-            kind = "block" if m.group(2) == "resnets" else "upsample"
-            name = f"decoder.up.{levels - 1 - int(m.group(1))}.{kind}.{m.group(3)}"
-        for pattern, repl in _TO_LDM:
-            name = re.sub(pattern, repl, name)
-        if ".mid.attn_1." in name and name.endswith("weight") and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]
-        out[name] = tensor.clone()
-    return out
-
-
-def _open_clip_text(g: torch.Generator) -> dict[str, Tensor]:
-    sd = {"token_embedding.weight": torch.randn(VOCAB, WIDTH, generator=g),
-          "positional_embedding": torch.randn(CONTEXT, WIDTH, generator=g) * 0.1,
-          "text_projection": torch.randn(WIDTH, WIDTH, generator=g), "logit_scale": torch.tensor(4.6),
-          "ln_final.weight": 1 + 0.1 * torch.randn(WIDTH, generator=g), "ln_final.bias": torch.zeros(WIDTH)}
-    shapes = {"ln_1.weight": (WIDTH,), "ln_1.bias": (WIDTH,), "attn.in_proj_weight": (3 * WIDTH, WIDTH),
-              "attn.in_proj_bias": (3 * WIDTH,), "attn.out_proj.weight": (WIDTH, WIDTH),
-              "attn.out_proj.bias": (WIDTH,), "ln_2.weight": (WIDTH,), "ln_2.bias": (WIDTH,),
-              "mlp.c_fc.weight": (4 * WIDTH, WIDTH), "mlp.c_fc.bias": (4 * WIDTH,),
-              "mlp.c_proj.weight": (WIDTH, 4 * WIDTH), "mlp.c_proj.bias": (WIDTH,)}
-    for i in range(RESBLOCKS):
-        for part, shape in shapes.items():
-            sd[f"transformer.resblocks.{i}.{part}"] = torch.randn(*shape, generator=g) * (shape[-1] ** -0.5)
-    return sd
+TEXT_CONFIG = tiny_text_config(WIDTH, HEADS, RESBLOCKS, VOCAB, CONTEXT)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +41,12 @@ def sources() -> dict:
     torch.manual_seed(0)
     unet = MultiViewUNetModel(**UNET_CONFIG).eval()
     vae = AutoencoderKL(**diffusers_vae_config(VAE_DDCONFIG)).eval()
-    text_tower = _open_clip_text(g)
+    text_tower = open_clip_text_tower(g, WIDTH, RESBLOCKS, VOCAB, CONTEXT)
     text = CLIPTextModel(TEXT_CONFIG).eval()
     text.load_state_dict(convert_open_clip_text_state_dict(text_tower, TEXT_CONFIG), strict=True)
     flat: dict[str, Tensor] = dict(schedule_buffers())
     flat.update({f"model.diffusion_model.{k}": v.clone() for k, v in unet.state_dict().items()})
-    flat.update({f"first_stage_model.{k}": v for k, v in _to_ldm_vae(vae.state_dict(), 2).items()})
+    flat.update({f"first_stage_model.{k}": v for k, v in to_ldm_vae(vae.state_dict(), 2).items()})
     flat.update({f"cond_stage_model.model.{k}": v for k, v in text_tower.items()})
     return {"unet": unet, "vae": vae, "text": text, "flat": flat}
 
