@@ -29,6 +29,8 @@ class BaseGuidance(BaseModule):
     """Names of the losses this guidance returns; the system checks each has a ``lambda_<name>`` weight."""
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     """Attribute names of frozen pretrained submodules (excluded from checkpoints)."""
+    half_dtype: ClassVar[torch.dtype] = torch.bfloat16
+    """The half precision of the frozen networks on CUDA with ``half_precision_weights``."""
 
     @property
     def placement(self) -> "torch.device | None":
@@ -38,10 +40,11 @@ class BaseGuidance(BaseModule):
 
     @property
     def weights_dtype(self) -> torch.dtype:
-        """dtype of the frozen networks: bf16 on CUDA with ``half_precision_weights``, else fp32."""
+        """dtype of the frozen networks: :attr:`half_dtype` (bf16 unless a guidance says otherwise) on CUDA with
+        ``half_precision_weights``, else fp32."""
         first = next(getattr(self, self.frozen_modules[0]).parameters())
         half = getattr(self.cfg, "half_precision_weights", False)
-        return torch.bfloat16 if (half and first.device.type == "cuda") else torch.float32
+        return self.half_dtype if (half and first.device.type == "cuda") else torch.float32
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # 1. with a placement, a move to an accelerator goes to the guidance's own device instead
@@ -57,9 +60,10 @@ class BaseGuidance(BaseModule):
                 module.to(dtype)
         return out
 
-    def guide(self, rgb: Float[Tensor, "B H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
+    def guide(self, rgb: Float[Tensor, "B *frames H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
         """Call the guidance where it lives: with a placement, renders and cameras are moved to its device and the
-        losses come back to the renders' device (autograd follows the copies)."""
+        losses come back to the renders' device (autograd follows the copies). ``rgb`` is ``[B, H, W, 3]`` for the
+        image guidances and ``[B, T, H, W, 3]`` for the video ones."""
         target = self.placement
         if target is None or target == rgb.device:
             return self(rgb, prompts, batch)

@@ -126,3 +126,19 @@ def sds_loss(latents: Float[Tensor, "B *rest"], grad: Float[Tensor, "B *rest"]) 
 def sds_weight(alphas_cumprod_t: Float[Tensor, "B"]) -> Float[Tensor, "B"]:
     """The 'sds' weighting ``w(t) = 1 - ᾱ_t``."""
     return 1.0 - alphas_cumprod_t
+
+
+WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
+"""Timestep weightings of the score-distillation gradient (threestudio's ``weighting_strategy``)."""
+
+
+def timestep_weight(alphas_cumprod_t: Float[Tensor, "B"], strategy: str) -> Float[Tensor, "B"]:
+    """``w(t)`` of a weighting strategy: ``sds`` ``1 - ᾱ_t``, ``uniform`` 1, ``fantasia3d`` ``sqrt(ᾱ_t)(1 - ᾱ_t)``
+    (threestudio's three)."""
+    if strategy == "sds":
+        return sds_weight(alphas_cumprod_t)
+    if strategy == "uniform":
+        return torch.ones_like(alphas_cumprod_t)
+    if strategy == "fantasia3d":
+        return alphas_cumprod_t.sqrt() * (1.0 - alphas_cumprod_t)
+    raise ValueError(f"weighting strategy {strategy!r} is not one of {WEIGHTING_STRATEGIES}")

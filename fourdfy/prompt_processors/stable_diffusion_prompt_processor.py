@@ -20,8 +20,9 @@ SD2_HELP = (
 )
 
 
-def load_clip_text_encoder(model: str, key: str):
-    """Tokenizer and ``CLIPTextModel`` from a hub id or a local diffusers folder; clear error when absent."""
+def load_clip_text_encoder(model: str, key: str, help_text: str = SD2_HELP):
+    """Tokenizer and ``CLIPTextModel`` from a hub id or a local diffusers folder; clear error when absent
+    (``help_text``, formatted with ``key``, says where to get the weights)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:
@@ -30,9 +31,30 @@ def load_clip_text_encoder(model: str, key: str):
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MissingWeightsError(
-            f"{key}: cannot load the CLIP text encoder from {model!r} ({first}). " + SD2_HELP.format(key=key)
+            f"{key}: cannot load the CLIP text encoder from {model!r} ({first}). " + help_text.format(key=key)
         ) from None
     return tokenizer, encoder.eval()
+
+
+def encode_clip_prompts(model: str, path: str, prompts: list[str], help_text: str = SD2_HELP) -> list[Tensor]:
+    """``[77, D]`` last hidden states (fp32, CPU) of ``prompts`` from the CLIP text encoder of ``model`` (a hub id,
+    a local diffusers folder, or a ``text`` stand-in name); ``path`` is the processor's config path."""
+    key = f"{path}.pretrained_model_name_or_path"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    builder = stand_ins.lookup("text", model)
+    if builder is not None:
+        tokenize, encoder = builder()
+        ids = tokenize(prompts)
+    else:
+        tokenizer, encoder = load_clip_text_encoder(model, key, help_text)
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids  # fmt: skip
+    encoder = encoder.to(device)
+    with torch.no_grad():
+        hidden = encoder(ids.to(device))[0]
+    return [h.float().cpu() for h in hidden]
 
 
 @register("stable-diffusion-prompt-processor")
@@ -41,19 +63,4 @@ class StableDiffusionPromptProcessor(PromptProcessor):
 
     @staticmethod
     def encode_prompts(model: str, path: str, prompts: list[str]) -> list[Tensor]:
-        key = f"{path}.pretrained_model_name_or_path"
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        builder = stand_ins.lookup("text", model)
-        if builder is not None:
-            tokenize, encoder = builder()
-            ids = tokenize(prompts)
-        else:
-            tokenizer, encoder = load_clip_text_encoder(model, key)
-            ids = tokenizer(
-                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                return_tensors="pt",
-            ).input_ids  # fmt: skip
-        encoder = encoder.to(device)
-        with torch.no_grad():
-            hidden = encoder(ids.to(device))[0]
-        return [h.float().cpu() for h in hidden]
+        return encode_clip_prompts(model, path, prompts, SD2_HELP)

@@ -7,21 +7,25 @@ built, only the weights are random, so every code path past loading is the real 
 
 Two sizes:
 
-* ``tiny-random-*`` (:mod:`fourdfy.stand_ins.tiny`, :mod:`fourdfy.stand_ins.text`): seeded, a few channels, built
-  identically in every process; smoke configs and tests.
-* ``random-init-*`` (:mod:`fourdfy.stand_ins.full_size`): the real architectures at full size, ``N(0, 1/fan_in)``
-  weights; speed and memory benchmarks.
+* ``tiny-random-*`` (:mod:`fourdfy.stand_ins.tiny`, :mod:`fourdfy.stand_ins.text`, :mod:`fourdfy.stand_ins.video`):
+  seeded, a few channels, built identically in every process; smoke configs and tests.
+* ``random-init-*`` (:mod:`fourdfy.stand_ins.full_size`, :mod:`fourdfy.stand_ins.video`): the real architectures at
+  full size, ``N(0, 1/fan_in)`` weights; speed and memory benchmarks.
 
 Families and what a builder returns:
 
-=========== ====================================================== =========================================
-family      builder signature                                      used by
-=========== ====================================================== =========================================
-``mvdream`` ``() -> (unet, vae, alphas_cumprod)``                   ``multiview-diffusion-guidance.model_name``
-``sd``      ``(with_vae: bool) -> (unet, scheduler, vae | None)``    VSD ``pretrained_model_name_or_path[_lora]``
-``text``    ``() -> (tokenize: list[str] -> ids [N, 77], encoder)`` prompt processors' ``pretrained_model_name_or_path``
-``zeroscope`` ``() -> (unet, vae, scheduler)``                      ``zeroscope-guidance.pretrained_model_name_or_path``
-=========== ====================================================== =========================================
+============= ===================================================== ==========================
+family        builder signature                                     used by
+============= ===================================================== ==========================
+``mvdream``   ``() -> (unet, vae, alphas_cumprod)``                 ``multiview-diffusion-guidance.model_name``
+``sd``        ``(with_vae: bool) -> (unet, scheduler, vae | None)`` VSD ``pretrained_model_name_or_path[_lora]``
+``text``      ``() -> (tokenize, encoder)``                         prompt processors' ``pretrained_model_name_or_path``
+``zeroscope`` ``() -> (unet, vae, scheduler)``                      zeroscope guidance ``pretrained_model_name_or_path``
+============= ===================================================== ==========================
+
+``tokenize`` maps a list of strings to token ids ``[N, 77]``. The ZeroScope names are reserved in the ``text`` family
+too (the tiny / full-size CLIP text stand-ins), so one name can go to both ``system.guidance_video`` and
+``system.prompt_processor_video``, as 4D-fy's configs give both the one hub id.
 
 Builders are named as ``"module:function"`` and imported only when asked for, so looking a name up is cheap.
 """
@@ -44,6 +48,12 @@ _TABLE: dict[str, dict[str, str]] = {
     "text": {
         "tiny-random-clip": "fourdfy.stand_ins.text:tiny_clip",
         "random-init-sd-2-1-text": "fourdfy.stand_ins.full_size:random_sd_text",
+        "tiny-random-zeroscope": "fourdfy.stand_ins.text:tiny_clip",
+        "random-init-zeroscope-v2-576w": "fourdfy.stand_ins.full_size:random_sd_text",
+    },
+    "zeroscope": {
+        "tiny-random-zeroscope": "fourdfy.stand_ins.video:tiny_zeroscope",
+        "random-init-zeroscope-v2-576w": "fourdfy.stand_ins.video:random_zeroscope",
     },
 }
 
