@@ -4,6 +4,8 @@ networks (no downloads: the benchmark machines have no network).
     python benchmarks/train_step.py --stage 1 --phase early     # MVDream: 8 views at 64x64 (steps < 5000)
     python benchmarks/train_step.py --stage 1 --phase late      # MVDream: 4 views at 256x256
     python benchmarks/train_step.py --stage 2 --phase late      # MVDream (4 views, 256^2) 50 % / VSD 50 %
+    python benchmarks/train_step.py --stage 3                   # MVDream 50 % / VSD 25 % / ZeroScope video 25 %
+    python benchmarks/train_step.py --config configs/fourdfy_stage_3_vc.yaml   # any stage config
     python benchmarks/train_step.py --stage 1 --profile 3       # also print a torch.profiler table of 3 steps
     python benchmarks/train_step.py --stage 1 --tiny --device cpu --steps 3   # smoke run of this script
 
@@ -34,6 +36,19 @@ RANDOM_OVERRIDES = [
     "system.guidance.pretrained_model_name_or_path=random-init-sd-2-1-base",
     "system.guidance.pretrained_model_name_or_path_lora=random-init-sd-2-1",
 ]
+VIDEO_OVERRIDES = {
+    "zeroscope-guidance": [
+        "system.guidance_video.pretrained_model_name_or_path=random-init-zeroscope-v2-576w",
+        "system.prompt_processor_video.pretrained_model_name_or_path=random-init-zeroscope-v2-576w",
+        "system.prompt_processor_video.spawn=false",
+    ],
+    "videocrafter-guidance": [
+        "system.guidance_video.pretrained_model_name_or_path=random-init-videocrafter2",
+        "system.prompt_processor_video.pretrained_model_name_or_path=random-init-videocrafter2",
+        "system.prompt_processor_video.spawn=false",
+    ],
+}
+"""Random full-size video networks, by the stage's ``system.guidance_type_video``."""
 
 
 def card_name() -> str:
@@ -48,7 +63,8 @@ def slug(text: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=1)
+    parser.add_argument("--config", help="a stage config (overrides --stage / --low-vram), e.g. configs/fourdfy_stage_3_vc.yaml")
     parser.add_argument("--phase", choices=("early", "late"), default="late",
                         help="multi-view resolution phase: early = steps < 5000 (64^2; 8 views in stage 1), "
                              "late = 4 views at 256^2")
@@ -81,7 +97,13 @@ def main() -> int:
         overrides = []
     else:
         config = ROOT / "configs" / f"fourdfy_stage_{args.stage}{variant}.yaml"
+        if args.config:
+            config = Path(args.config).resolve()
         overrides = list(RANDOM_OVERRIDES)
+        from fourdfy.experiment import load_yaml_tree
+
+        video_type = (load_yaml_tree(config).get("system") or {}).get("guidance_type_video")
+        overrides += VIDEO_OVERRIDES.get(video_type, [])
     if True:
         # pick the resolution phase directly: milestone at step 0 = the late phase from the first step
         overrides.append("data.multi_view.resolution_milestones=[0]" if args.phase == "late"
@@ -177,7 +199,8 @@ def main() -> int:
         ),
         "rows": timed,
     }
-    name = f"train_step_stage{args.stage}{variant}_{args.phase}"
+    name = f"train_step_{config.stem.replace('fourdfy_', '')}_{args.phase}" if args.config else (
+        f"train_step_stage{args.stage}{variant}_{args.phase}")
     name += f"{'_' + args.tag if args.tag else ''}{'_tiny' if args.tiny else ''}{f'_ws{args.devices}' if args.devices > 1 else ''}_{slug(result['card'])}.json"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

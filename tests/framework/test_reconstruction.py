@@ -8,6 +8,7 @@ from fourdfy.data.random_camera import make_batch
 from fourdfy.geometry.implicit_volume import ImplicitVolume
 from fourdfy.materials.no_material import NoMaterial
 from fourdfy.renderers.nerf_volume_renderer import NeRFVolumeRenderer
+from tests.helpers.analytic import psnr, sphere_render
 
 RADIUS = 0.6
 STEPS = 150
@@ -15,15 +16,8 @@ PSNR_THRESHOLD = 22.0  # measured 27.8 dB (seed 0, 150 steps); a field that does
 
 
 def analytic_render(rays_o: torch.Tensor, rays_d: torch.Tensor) -> torch.Tensor:
-    """A solid sphere coloured by position, (p + 1) / 2, in front of a white background."""
-    b = (rays_o * rays_d).sum(-1)
-    c = (rays_o * rays_o).sum(-1) - RADIUS**2
-    disc = b * b - c
-    hit = disc > 0
-    t = -b - disc.clamp(min=0).sqrt()
-    p = rays_o + rays_d * t[..., None]
-    colour = (p + 1.0) / 2.0
-    return torch.where(hit[..., None], colour, torch.ones_like(colour))
+    """The sphere at the origin, time 0: ``[B, H, W, 3]``."""
+    return sphere_render(rays_o, rays_d, torch.zeros(rays_o.shape[0], 1), RADIUS)[:, 0]
 
 
 def cameras(n: int, seed: int, size: int = 32):
@@ -32,10 +26,6 @@ def cameras(n: int, seed: int, size: int = 32):
     azim = torch.rand(n, generator=g) * 360 - 180
     return make_batch(elev, azim, torch.full((n,), 2.5), torch.full((n,), 40.0), size, size, torch.zeros(1),
                       BatchKind.SINGLE_VIEW)  # fmt: skip
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
 
 def test_field_fits_analytic_sphere():

@@ -1,0 +1,96 @@
+"""Stage 3 on the tiny stand-ins: the branch table, how often each branch is drawn, which branch trains the 4-D
+part of the field, and that data and system keys held twice must agree."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fourdfy.data.batch import BatchKind
+from fourdfy.experiment import load_config
+from fourdfy.registry import build
+from fourdfy.systems.branches import branch_probabilities, check_agreement
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY3 = str(ROOT / "configs" / "smoke" / "fourdfy_stage_3_tiny.yaml")
+PROMPT = "system.prompt_processor.prompt=a panda dancing"
+
+
+def test_branch_probabilities_of_the_stage_3_configs():
+    assert branch_probabilities(0.5, False, True, 0.5) == {
+        BatchKind.MULTI_VIEW: 0.5, BatchKind.SINGLE_VIEW: 0.25, BatchKind.VIDEO: 0.25}
+    low_vram = branch_probabilities(0.75, False, True, 1.0)
+    assert low_vram[BatchKind.SINGLE_VIEW] == 0.0 and low_vram[BatchKind.VIDEO] == 0.25
+    # static stages never draw clips, whatever the video keys say
+    assert branch_probabilities(0.5, True, True, 0.5)[BatchKind.VIDEO] == 0.0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], {BatchKind.MULTI_VIEW: 0.5, BatchKind.SINGLE_VIEW: 0.25, BatchKind.VIDEO: 0.25}),
+    (["data.prob_multi_view=0.75", "data.single_view.prob_single_view_video=1.0"],
+     {BatchKind.MULTI_VIEW: 0.75, BatchKind.SINGLE_VIEW: 0.0, BatchKind.VIDEO: 0.25}),
+])  # fmt: skip
+def test_the_data_module_draws_branches_at_the_configured_rates(overrides, expected):
+    exp, _ = load_config([TINY3], [PROMPT, *overrides])
+    dm = build("datamodule", exp.data_type, exp.data, "data")
+    torch.manual_seed(0)
+    n = 2000
+    counts = {k: 0 for k in expected}
+    for _ in range(n):
+        counts[dm.train_stream.sample().kind] += 1
+    for kind, p in expected.items():
+        sigma = (p * (1 - p) / n) ** 0.5
+        assert abs(counts[kind] / n - p) <= 4 * sigma + 1e-9, (kind, counts)
+
+
+def test_keys_held_twice_must_agree():
+    assert check_agreement({"prob_multi_view": 0.5}, {"prob_multi_view": 0.5}) == []
+    errors = check_agreement(
+        {"prob_multi_view": 0.5, "simultan": True, "geometry": {"pos_encoding_config": {"static": True}}},
+        {"prob_multi_view": 0.7, "single_view": {"simultan": False, "static": False}},
+    )
+    assert len(errors) == 3
+    assert "system.prob_multi_view (0.5) and data.prob_multi_view (0.7) must agree" in errors[0]
+    assert "data.single_view.static" in errors[2]
+
+
+@pytest.fixture(scope="module")
+def system_and_data():
+    exp, _ = load_config([TINY3], [PROMPT])
+    system = build("system", exp.system_type, exp.system, "system")
+    dm = build("datamodule", exp.data_type, exp.data, "data")
+    return system, dm
+
+
+def batch_of(dm, kind: BatchKind):
+    torch.manual_seed(1)
+    while True:
+        b = dm.train_stream.sample()
+        if b.kind == kind:
+            return b
+
+
+def temporal_grads(system, batch):
+    system.train()
+    system.renderer.update_step(0, 0)
+    system.zero_grad(set_to_none=True)
+    system.training_step(batch, 0).backward()
+    temporal = list(system.geometry.temporal_parameters())
+    static = system.geometry.encoding.encoding.encoding.params
+    return [p.grad for p in temporal], static.grad
+
+
+def test_video_steps_train_the_temporal_grid_and_image_steps_do_not(system_and_data):
+    system, dm = system_and_data
+    assert set(system.branches) == {BatchKind.MULTI_VIEW, BatchKind.SINGLE_VIEW, BatchKind.VIDEO}
+    assert system.branches[BatchKind.VIDEO].trains_temporal
+    video = batch_of(dm, BatchKind.VIDEO)
+    assert video.times.shape == (1, 4)
+    grads, static_grad = temporal_grads(system, video)
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert static_grad is not None and float(static_grad.abs().sum()) > 0  # the static grid learns too
+    for kind in (BatchKind.MULTI_VIEW, BatchKind.SINGLE_VIEW):
+        assert not system.branches[kind].trains_temporal
+        grads, static_grad = temporal_grads(system, batch_of(dm, kind))
+        assert all(g is None for g in grads), kind  # no gradient: AdamW leaves them (and their moments) alone
+        assert static_grad is not None and float(static_grad.abs().sum()) > 0
