@@ -2,6 +2,7 @@
 
 import fourdfy.background.neural_environment_map_background  # noqa: F401
 import fourdfy.data.single_multiview_combined  # noqa: F401
+import fourdfy.exporters.mesh_exporter  # noqa: F401
 import fourdfy.geometry.implicit_volume  # noqa: F401
 import fourdfy.guidance.multiview_diffusion_guidance  # noqa: F401
 import fourdfy.guidance.stable_diffusion_vsd_guidance  # noqa: F401

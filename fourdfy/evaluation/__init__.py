@@ -1,0 +1,11 @@
+"""Evaluation of trials: the papers' figures built in, and a result page per trial.
+
+- :mod:`~fourdfy.evaluation.metrics`: pure functions (CLIP score, temporal consistency, motion amount);
+- :mod:`~fourdfy.evaluation.clip_model`: CLIP ViT-B/32 embeddings (hub id or local folder);
+- :mod:`~fourdfy.evaluation.rendering`: orbit / motion-probe cameras and the one renderer call;
+- :mod:`~fourdfy.evaluation.trial`: build a trial's field parts from ``configs/parsed.yaml`` + ``ckpts/last.ckpt``;
+- :mod:`~fourdfy.evaluation.evaluate_trial`: ``evaluate_trial(trial_dir)`` -> ``save/eval.json``
+  (``python -m fourdfy.evaluate <trial dir>``);
+- :mod:`~fourdfy.evaluation.suite`: a table over a prompt list (``python -m fourdfy.evaluation.suite``);
+- :mod:`~fourdfy.evaluation.page`: ``write_result_page(trial_dir)`` -> ``save/index.html``.
+"""
