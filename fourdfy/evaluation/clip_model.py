@@ -101,7 +101,7 @@ class ClipEncoder:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MissingWeightsError(
                 f"--clip: cannot load the CLIP model {name!r} ({first}). The CLIP score uses CLIP ViT-B/32 "
-                f"(hub id {DEFAULT_CLIP}, about 600 MB). Download it once (e.g. `huggingface-cli download "
+                f"(hub id {DEFAULT_CLIP}, about 600 MB). Download it once (e.g. `hf download "
                 f"{DEFAULT_CLIP}`) or copy a folder holding its config.json, weights, vocab.json and merges.txt, "
                 f"then pass --clip /path/to/folder or set {CLIP_ENV}=/path/to/folder."
             ) from None

@@ -243,9 +243,15 @@ def render_page(trial_dir: Path, max_embed_mb: float = 64.0) -> str:
     if model is not None:
         rel = model.relative_to(save).as_posix()
         body.append('<section id="model"><h2>Exported mesh</h2>')
-        if model.stat().st_size <= limit:
+        framing_attrs = model_framing(model)
+        if not framing_attrs:
+            body.append(
+                f"<p>The exported mesh <code>{_esc(rel)}</code> is empty: the density never reaches "
+                "<code>system.geometry.isosurface_threshold</code>. Export again with a lower threshold.</p>"
+            )
+        elif model.stat().st_size <= limit:
             head.append(_model_viewer_script())
-            framing = " ".join(f'{k}="{_esc(v)}"' for k, v in model_framing(model).items())
+            framing = " ".join(f'{k}="{_esc(v)}"' for k, v in framing_attrs.items())
             body.append(
                 '<model-viewer id="viewer" camera-controls auto-rotate autoplay loading="eager" reveal="auto" '
                 f'shadow-intensity="0" exposure="1" {framing} '

@@ -71,3 +71,14 @@ def test_loss_plot_uses_a_log_axis_for_wide_ranges():
 def test_write_result_page_returns_the_path(page_trial):
     path = write_result_page(page_trial.trial)
     assert path == page_trial.trial / "save" / "index.html"
+
+
+def test_an_empty_export_is_explained(tmp_path):
+    import numpy as np
+
+    from fourdfy.exporters import Mesh, write_glb
+
+    empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    write_glb([empty], tmp_path / "save" / "it5-export" / "model.glb")
+    text = render_page(tmp_path)
+    assert "is empty" in text and "isosurface_threshold" in text and "<model-viewer" not in text
