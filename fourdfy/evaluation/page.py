@@ -8,8 +8,8 @@ SVG from ``csv_logs/**/metrics.csv``, the prompt, the resolved config and ``save
 shows a note).
 
 A small script records what loaded on ``<body>``: ``data-videos-total``/``data-videos-ready``, ``data-model``
-(``none``/``loading``/``loaded``/``error``), ``data-animations`` and ``data-errors`` (errors are also shown in
-the page), which the Chromium test reads from the DOM.
+(``none``/``loading``/``loaded``/``error``), ``data-animations``, ``data-errors`` (errors are also shown in the
+page) and ``data-warnings``, which the Chromium test reads.
 """
 
 import base64
@@ -49,10 +49,11 @@ pre{background:#f7f7f7;padding:.8em;max-height:420px;overflow:auto;font-size:.8e
 
 ERRORS_JS = """
 (function () {
-  var errors = window.__fourdfyErrors = [];
+  var errors = window.__fourdfyErrors = [], warnings = 0;
   window.__fourdfyShowErrors = function () {
     if (!document.body) return;
     document.body.dataset.errors = String(errors.length);
+    document.body.dataset.warnings = String(warnings);
     var el = document.getElementById('page-errors');
     if (el && errors.length) { el.textContent = errors.join('\\n'); el.hidden = false; }
   };
@@ -60,16 +61,15 @@ ERRORS_JS = """
     errors.push(kind + ': ' + Array.prototype.map.call(args, String).join(' '));
     window.__fourdfyShowErrors();
   }
-  ['error', 'warn'].forEach(function (k) {
-    var original = console[k];
-    console[k] = function () { record('console.' + k, arguments); return original.apply(console, arguments); };
-  });
+  var error = console.error, warn = console.warn;
+  console.error = function () { record('console.error', arguments); return error.apply(console, arguments); };
+  console.warn = function () { warnings += 1; window.__fourdfyShowErrors(); return warn.apply(console, arguments); };
   window.addEventListener('error', function (e) { record('error', [e.message || e]); });
   window.addEventListener('unhandledrejection', function (e) { record('unhandled rejection', [e.reason]); });
 })();
 """
-"""Runs first (in ``<head>``): every ``console.error``/``console.warn``, uncaught error and unhandled rejection is
-listed in the page and counted in ``body[data-errors]``."""
+"""Runs first (in ``<head>``): every ``console.error``, uncaught error and unhandled rejection is listed in the
+page and counted in ``body[data-errors]``; ``console.warn`` calls are counted in ``body[data-warnings]``."""
 
 STATUS_JS = """
 (function () {

@@ -32,7 +32,7 @@ class PipeBrowser:
 
         self.proc = subprocess.Popen(
             [executable, "--headless", "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}", *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=child_fds, close_fds=False,  # only the dup2'd fds 3 and 4 are inheritable (PEP 446)
         )  # fmt: skip
         os.close(self._cmd_r)
@@ -159,6 +159,8 @@ class PipeBrowser:
             self.proc.kill()
             self.proc.wait()
         os.close(self._cmd_w)
+        self._reader.join(timeout=10)
+        os.close(self._resp_r)
         self._profile.cleanup()
 
     def __enter__(self) -> "PipeBrowser":
