@@ -19,6 +19,11 @@ setup(
         "imageio",
         "jaxtyping",
         "numpy",
+        "PyMCubes",
+        "trimesh",
+        "pygltflib",
+        "tqdm",
     ],
+    package_data={"fourdfy.evaluation": ["assets/*", "prompts/*.txt"]},
     extras_require={"dev": ["pytest", "pytest-xdist", "beartype"], "video": ["imageio-ffmpeg"]},
 )

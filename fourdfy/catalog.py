@@ -35,6 +35,7 @@ BUILTINS: tuple[tuple[str, str, str, str | None], ...] = (
      "fourdfy.prompt_processors.zeroscope_prompt_processor:ZeroscopePromptProcessor", None),
     ("videocrafter-prompt-processor", "prompt_processor",
      "fourdfy.prompt_processors.videocrafter_prompt_processor:VideoCrafterPromptProcessor", None),
+    ("mesh-exporter", "exporter", "fourdfy.exporters.mesh_exporter:MeshExporter", None),
 )  # fmt: skip
 
 for _name, _kind, _target, _config in BUILTINS:

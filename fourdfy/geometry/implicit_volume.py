@@ -64,16 +64,26 @@ class ImplicitVolume(BaseGeometry):
         """tcnn-style dict of both MLPs."""
         anneal_density_blob_std_config: Optional[BlobAnnealConfig] = None
         """Anneal the blob width (4D-fy's stage 3). Unlike threestudio, the annealed value is really used."""
-        # isosurface settings: only read by mesh export, which fourdfy does not implement; accepted for 4D-fy configs
+        # isosurface settings: read by mesh export (``--export``, fourdfy.exporters.mesh_exporter)
         isosurface: bool = True
+        """Accepted for 4D-fy configs; no effect (export always extracts a surface)."""
         isosurface_method: str = "mt"
+        """Accepted for 4D-fy configs; export always runs marching cubes on a regular grid (threestudio's
+        ``mc-cpu``): ``mt`` needs tetrahedra files that 4D-fy does not ship."""
         isosurface_resolution: int = 128
+        """Grid corners per axis over ``[-radius, radius]^3`` for marching cubes."""
         isosurface_threshold: float = 25.0
+        """Density level of the exported surface (density units, after ``density_activation``)."""
         isosurface_chunk: int = 0
+        """Points per field evaluation during export (0: 2^18); changes memory use, not the result."""
         isosurface_coarse_to_fine: bool = True
+        """Accepted for 4D-fy configs; no effect (marching tetrahedra only)."""
         isosurface_deformable_grid: bool = False
+        """Accepted for 4D-fy configs; no effect (marching tetrahedra only)."""
         isosurface_remove_outliers: bool = True
+        """Drop small connected components of the exported mesh."""
         isosurface_outlier_n_faces_threshold: float = 0.01
+        """Components with fewer faces are dropped: a fraction of all faces when < 1, a face count otherwise."""
 
         def __post_init__(self) -> None:
             get_activation(self.density_activation)

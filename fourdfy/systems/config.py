@@ -106,9 +106,9 @@ class FourDFYSystemConfig(BaseSystemConfig):
     prompt_processor_type_video: str = ""
     prompt_processor_video: dict = child_slot("prompt_processor", "prompt_processor_type_video", optional=True)
     exporter_type: str = "mesh-exporter"
-    """Mesh export is not implemented (4D-fy's needs tetrahedra files it does not ship)."""
-    exporter: dict = dataclasses.field(default_factory=dict)
-    """Must stay empty (see ``exporter_type``)."""
+    """What ``--export`` writes (``fourdfy/exporters``): meshes of the density field, animated for dynamic scenes."""
+    exporter: dict = child_slot("exporter", "exporter_type")
+    """The exporter's settings (``system.exporter.*``)."""
     simultan: bool = False
     """Dynamic stages: single-view batches may be video clips (must equal ``data.single_view.simultan``)."""
     prob_multi_view: Optional[float] = None
@@ -121,8 +121,6 @@ class FourDFYSystemConfig(BaseSystemConfig):
     """Dynamic stages: train only the temporal parameters."""
 
     def __post_init__(self) -> None:
-        if self.exporter:
-            raise ConfigError("exporter: mesh export is not implemented; leave it empty")
         for path in self.optimizer.params:
             head = path.split(".")[0]
             if head not in PART_NAMES:
