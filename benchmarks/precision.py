@@ -31,7 +31,8 @@ Then, per network family, the fastest of fp32/tf32/fp16/bf16 whose worst relativ
 fp16's and that never overflowed (fp32 is always eligible): the candidate for ``weights_dtype: auto``
 (``fourdfy/guidance/precision.py``).
 
-Usage (GPU):       python benchmarks/precision.py
+Usage (GPU):         python benchmarks/precision.py          (one command; stops starting new work after
+                     --max-seconds, 540 by default, and writes the JSON after every network)
 Smoke (CPU, <1 min): python benchmarks/precision.py --device cpu --tiny
 
 Writes ``benchmarks/results/precision_<card-slug>.json`` (``_tiny`` appended with ``--tiny``; ``--out`` to
@@ -393,12 +394,21 @@ def peak_gib(device: torch.device) -> Optional[float]:
 class Runner:
     def __init__(self, args: argparse.Namespace, device: torch.device, report: dict[str, Any]) -> None:
         self.args, self.device, self.report = args, device, report
+        self.started = time.perf_counter()
         from extern.ldm import alphas_cumprod
 
         self.alphas = alphas_cumprod().float().to(device)
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
+
+    def out_of_time(self, what: str) -> bool:
+        """Past ``--max-seconds``: record ``what`` as skipped and say so."""
+        if time.perf_counter() - self.started <= self.args.max_seconds:
+            return False
+        self.report["skipped"].append({"network": what, "reason": f"time budget of {self.args.max_seconds:.0f} s spent"})
+        self.log(f"skipped {what}: time budget spent")
+        return True
 
     # -- inputs ---------------------------------------------------------------------------------------------------
 
@@ -463,6 +473,8 @@ class Runner:
         references: dict[tuple, torch.Tensor] = {}
         for mode_name in args.modes:
             mode = MODES[mode_name]
+            if mode_name != "fp32" and self.out_of_time(f"{group.name}/{mode_name}"):
+                continue
             t_start = time.perf_counter()
             try:
                 modules = {n: cast_copy(fam.nets[n].module, mode.weights) for n in self._nets_of(group)}
@@ -529,6 +541,8 @@ class Runner:
         ref = None
         for mode_name in args.modes:
             mode = MODES[mode_name]
+            if self.out_of_time(f"{case.name}/{mode_name}"):
+                continue
             try:
                 module = cast_copy(case.module, mode.weights)
 
@@ -685,6 +699,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per mode (default 10; 1 with --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3; 0 with --tiny)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--max-seconds", type=float, default=540.0,
+                   help="stop starting new networks/modes after this many seconds (the JSON is written after every "
+                        "network, so a killed run keeps what it measured; default 540)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/precision_<card>.json)")
     args = p.parse_args(argv)
     args.modes = ["fp32"] + [m for m in args.modes if m != "fp32"]
@@ -715,7 +732,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "near_context": {}, "eps_ratio": [], "gradients": [], "timing": [], "vae": [], "skipped": [], "errors": [],
     }  # fmt: skip
     runner = Runner(args, device, report)
+    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"precision_{slug(report['card'])}{'_tiny' if args.tiny else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        report["recommendation"] = recommend(report)
+        report["seconds"] = time.perf_counter() - started
+        out.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+
     for name in args.networks:
+        if runner.out_of_time(name):
+            continue
         try:
             fam = BUILDERS[name](args.tiny, device)
         except Exception as e:  # not importable / not written yet / no stand-in
@@ -727,12 +754,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         runner.run_family(fam)
         del fam
         free(device, collect=True)
-    report["recommendation"] = recommend(report)
-    report["seconds"] = time.perf_counter() - started
+        write()  # after every network: a run killed later keeps what it measured
+    write()
     print_tables(report)
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"precision_{slug(report['card'])}{'_tiny' if args.tiny else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
     print(f"wrote {out} ({report['seconds']:.0f} s)")
     return report
 
