@@ -37,7 +37,7 @@ class RandomCameraConfig:
     fovy_range: tuple[float, float] = (40.0, 70.0)
     """Vertical field of view, degrees."""
     camera_perturb: float = 0.1
-    """Std of Gaussian noise added to camera positions."""
+    """Half-width of the uniform noise added to each camera-position coordinate: ``U[-p, p]`` (4D-fy's draw)."""
     center_perturb: float = 0.2
     """Std of Gaussian noise added to the look-at point."""
     up_perturb: float = 0.02
@@ -190,14 +190,21 @@ class RandomCameraSampler:
 
     def perturbed_batch(
         self, elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: Tensor, height: int, width: int,
-        times: Tensor, kind: BatchKind,
+        times: Tensor, kind: BatchKind, views_per_draw: int = 1,
     ) -> CameraBatch:  # fmt: skip
-        """Apply the configured camera/centre/up perturbations, draw the lights and build the batch."""
+        """Apply the configured perturbations (as 4D-fy: camera position ``U[-p, p]`` per coordinate, centre and
+        up Gaussian), draw the lights and build the batch. ``views_per_draw`` consecutive cameras share one draw
+        of each perturbation (the views of one multi-view object)."""
         c = self.cfg
         b = elevation.shape[0]
-        noise = torch.randn(b, 3) * c.camera_perturb
-        center = torch.randn(b, 3) * c.center_perturb
-        up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(b, 3) * c.up_perturb
+        n = b // views_per_draw
+
+        def per_view(x: Tensor) -> Tensor:
+            return x.repeat_interleave(views_per_draw, dim=0)
+
+        noise = per_view((torch.rand(n, 3) * 2.0 - 1.0) * c.camera_perturb)
+        center = per_view(torch.randn(n, 3) * c.center_perturb)
+        up = torch.tensor([0.0, 0.0, 1.0])[None] + per_view(torch.randn(n, 3) * c.up_perturb)
         positions = cam.spherical_to_position(elevation, azimuth, distance) + noise
         light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
         return make_batch(
@@ -209,7 +216,9 @@ class RandomCameraSampler:
 def eval_views(cfg: RandomCameraConfig, split: str) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Azimuths (degrees), per-view times, and the validation video times for an evaluation split.
 
-    Static: ``val`` has ``n_val_views`` views and ``test`` ``n_test_views`` views on ``linspace(0, 360, n)``, time 0.
+    Static, time 0: ``val`` has ``n_val_views`` views at ``linspace(0, 360, n + 1)[:n]`` (distinct, evenly spaced);
+    ``test`` has ``n_test_views`` views at ``linspace(0, 360, n)`` (first and last coincide, closing the video
+    loop). Both as in 4D-fy.
     Dynamic (``static: false``), with ``N = num_frames * num_frames_factor`` times:
 
     - ``val``: one view at azimuth 0 whose video is rendered at ``linspace(0, 1, N)``;
@@ -223,7 +232,10 @@ def eval_views(cfg: RandomCameraConfig, split: str) -> tuple[Tensor, Tensor, Opt
     """
     n_frames = cfg.num_frames * cfg.num_frames_factor
     if cfg.static:
-        n = cfg.n_val_views if split == "val" else cfg.n_test_views
+        if split == "val":
+            n = cfg.n_val_views
+            return torch.linspace(0.0, 360.0, n + 1)[:n], torch.zeros(n), None
+        n = cfg.n_test_views
         return torch.linspace(0.0, 360.0, n), torch.zeros(n), None
     video_times = torch.linspace(0.0, 1.0, n_frames)
     if split == "val":

@@ -30,7 +30,8 @@ class RandomMultiviewCameraConfig(RandomCameraConfig):
 
 
 class RandomMultiviewCameraSampler(RandomCameraSampler):
-    """Draws multi-view batches: per object one elevation, distance and fovy; azimuths ``(u + k)/n_view * 360``."""
+    """Draws multi-view batches: per object one elevation, distance, fovy and one draw of each camera/centre/up
+    perturbation (4D-fy's ``random_multiview.py``); azimuths ``(u + k)/n_view * 360``."""
 
     cfg: RandomMultiviewCameraConfig
 
@@ -53,5 +54,6 @@ class RandomMultiviewCameraSampler(RandomCameraSampler):
         azimuth = ((u + torch.arange(c.n_view)[None]) / c.n_view * (hi - lo) + lo).reshape(-1)
         times = self.frame_times(keep_all=False)
         return self.perturbed_batch(
-            elevation, azimuth, distance, fovy, self.height, self.width, times, BatchKind.MULTI_VIEW
-        )
+            elevation, azimuth, distance, fovy, self.height, self.width, times, BatchKind.MULTI_VIEW,
+            views_per_draw=c.n_view,
+        )  # fmt: skip

@@ -1,12 +1,14 @@
 """Guidance base class and its output."""
 
 import dataclasses
-from typing import Any, ClassVar
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Optional
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from fourdfy.guidance import precision as precision_policy
 from fourdfy.utils.base import BaseModule
 
 
@@ -29,8 +31,9 @@ class BaseGuidance(BaseModule):
     """Names of the losses this guidance returns; the system checks each has a ``lambda_<name>`` weight."""
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     """Attribute names of frozen pretrained submodules (excluded from checkpoints)."""
-    half_dtype: ClassVar[torch.dtype] = torch.bfloat16
-    """The half precision of the frozen networks on CUDA with ``half_precision_weights``."""
+    precision_network: ClassVar[Optional[str]] = None
+    """Network family whose measured default ``weights_dtype: auto`` takes
+    (:data:`fourdfy.guidance.precision.NETWORK_DEFAULTS`)."""
 
     @property
     def placement(self) -> "torch.device | None":
@@ -39,12 +42,27 @@ class BaseGuidance(BaseModule):
         return torch.device(device) if device else None
 
     @property
-    def weights_dtype(self) -> torch.dtype:
-        """dtype of the frozen networks: :attr:`half_dtype` (bf16 unless a guidance says otherwise) on CUDA with
-        ``half_precision_weights``, else fp32."""
+    def precision(self) -> precision_policy.Precision:
+        """Precision of the frozen networks where they are (``weights_dtype`` / ``half_precision_weights``, see
+        :mod:`fourdfy.guidance.precision`; always fp32 off CUDA)."""
         first = next(getattr(self, self.frozen_modules[0]).parameters())
-        half = getattr(self.cfg, "half_precision_weights", False)
-        return self.half_dtype if (half and first.device.type == "cuda") else torch.float32
+        return precision_policy.resolve(self.cfg, first.device, self.precision_network)
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """dtype of the frozen networks (and of the inputs given to them)."""
+        return self.precision.dtype
+
+    def network_math(self) -> AbstractContextManager[None]:
+        """Context for calls of the frozen networks: strict fp32 or TF32 matmuls/convolutions as the precision
+        says (a no-op for half dtypes and off CUDA)."""
+        first = next(getattr(self, self.frozen_modules[0]).parameters())
+        return precision_policy.fp32_math(self.precision, first.device)
+
+    def call_frozen(self, fn: Any, x: Tensor) -> Tensor:
+        """``fn(x)`` (a frozen network's call) under :meth:`network_math`, its backward to ``x`` included."""
+        first = next(getattr(self, self.frozen_modules[0]).parameters())
+        return precision_policy.call_with_math(fn, x, self.precision, first.device)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # 1. with a placement, a move to an accelerator goes to the guidance's own device instead
@@ -60,10 +78,9 @@ class BaseGuidance(BaseModule):
                 module.to(dtype)
         return out
 
-    def guide(self, rgb: Float[Tensor, "B *frames H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
+    def guide(self, rgb: Float[Tensor, "B H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
         """Call the guidance where it lives: with a placement, renders and cameras are moved to its device and the
-        losses come back to the renders' device (autograd follows the copies). ``rgb`` is ``[B, H, W, 3]`` for the
-        image guidances and ``[B, T, H, W, 3]`` for the video ones."""
+        losses come back to the renders' device (autograd follows the copies)."""
         target = self.placement
         if target is None or target == rgb.device:
             return self(rgb, prompts, batch)

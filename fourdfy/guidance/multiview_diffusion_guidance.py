@@ -12,6 +12,10 @@ Per call, for ``B = objects * n_view`` rendered views (views of one object conti
 
 With ``recon_loss: false`` the plain SDS gradient ``(1 - ᾱ_t)(eps_hat - eps)`` is used (4D-fy's code for this
 branch referenced an undefined attribute; fixed knowingly).
+
+Precision (:mod:`fourdfy.guidance.precision`): the UNet and VAE run in ``weights_dtype`` on CUDA (``auto``: the
+measured default of the ``mvdream`` family), fp32 on CPU; 4D-fy ran them in fp32 under ``trainer.precision: 32``
+and never read ``half_precision_weights``. Here ``half_precision_weights: false`` means fp32.
 """
 
 import dataclasses
@@ -25,7 +29,7 @@ from torch import Tensor
 from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
-from fourdfy.guidance import sds
+from fourdfy.guidance import precision, sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -44,6 +48,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
 
     loss_names = ("sds",)
     frozen_modules = ("unet", "vae")
+    precision_network = "mvdream"
 
     @dataclasses.dataclass
     class Config:
@@ -54,7 +59,11 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         grad_clip: Optional[Scheduled] = None
         """Clamp the latent gradient elementwise to ``[-c, c]`` (4D-fy declared but never applied it)."""
         half_precision_weights: bool = True
-        """Run the frozen UNet and VAE in bf16 on CUDA (4D-fy ignored this flag and ran fp32; fp32 on CPU)."""
+        """4D-fy's key (which 4D-fy declared but never read: it ran fp32). ``false``: the UNet and VAE run in fp32
+        (``weights_dtype: auto`` resolves to fp32); ``true``: ``weights_dtype`` decides."""
+        weights_dtype: str = choice("auto", precision.WEIGHTS_DTYPES, precision.WEIGHTS_DTYPE_DOC)
+        """Precision of the frozen UNet and VAE on CUDA: ``auto`` (the measured default of the ``mvdream`` family,
+        :data:`fourdfy.guidance.precision.NETWORK_DEFAULTS`), ``fp32``, ``tf32``, ``fp16`` or ``bf16``. CPU: fp32."""
         min_step_percent: Scheduled = 0.02
         max_step_percent: Scheduled = 0.98
         camera_condition_type: str = choice("rotation", ("rotation",), "MVDream's 16-value camera.")
@@ -81,6 +90,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
                 raise ConfigError("image_size: must be a multiple of 8 (the VAE downsamples by 8)")
             if not 0.0 <= self.recon_std_rescale <= 1.0:
                 raise ConfigError("recon_std_rescale: must be in [0, 1]")
+            precision.check_config(self)
 
     def __init__(self, cfg=None, path: str = "system.guidance_multi_view") -> None:
         self.path = path
@@ -116,8 +126,9 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         """Latents of renders in [0, 1]: a posterior *sample* (as 4D-fy), scaled by the VAE's factor."""
         size = self.cfg.image_size
         x = self.images_to_bchw(rgb, (size, size)) * 2.0 - 1.0
-        posterior = self.vae.encode(x.to(self.weights_dtype)).latent_dist
-        return (posterior.sample() * self.vae.config.scaling_factor).float()
+        scale = self.vae.config.scaling_factor
+        dtype = self.weights_dtype
+        return self.call_frozen(lambda v: (self.vae.encode(v.to(dtype)).latent_dist.sample() * scale).float(), x)
 
     def forward(self, rgb: Float[Tensor, "B H W 3"], prompts: PromptEmbeddings, batch: CameraBatch) -> GuidanceOutput:
         c = self.cfg
@@ -187,6 +198,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         dtype = self.weights_dtype
         camera = c2w_to_mvdream_camera(c2w).repeat(2, 1)
         args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype), camera.to(dtype))
-        eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args).float()
+        with self.network_math():
+            eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args).float()
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_cond, eps_uncond

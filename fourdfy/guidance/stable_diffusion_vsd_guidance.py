@@ -30,11 +30,20 @@ Camera embedding init: **default** diffusers ``TimestepEmbedding`` init (PyTorch
 non-zero), as in 4D-fy, so the particle model starts with a random camera-dependent offset of its time embedding
 (parity with 4D-fy's training dynamics was preferred over a zero init that would start it exactly at SD 2.1).
 
+Max-step anneal, as 4D-fy ran it (``max_step_latch: true``, the default): once :meth:`update_step` sees a step
+past ``anneal_start_step`` the max step is ``max_step_percent_annealed`` for good. 4D-fy's ``system.weights``
+calls ``update_step`` with the *previous* stage's step (10000 after stage 1), so its stage 2 samples
+t ∈ [20, 500] from the first step although the config says ``max_step_percent: 0.98`` (reference §1.5, §15.3);
+the published results come from that. ``max_step_latch: false`` runs the configured schedule instead: the range
+is recomputed from the live step on every call, so stage 2 samples [20, 980] until its own step 5000.
+
+Precision (:mod:`fourdfy.guidance.precision`): both UNets and the VAE run in ``weights_dtype`` on CUDA
+(``auto``: the measured default of the ``sd`` family; 4D-fy ran them in fp16), fp32 on CPU; the LoRA and the
+camera MLP keep fp32 parameters. The 768-v UNet keeps its config's ``upcast_attention`` (attention scores in fp32,
+which fp16 needs at that model's activation scale).
+
 Differences from 4D-fy, on purpose:
 
-- the max-step anneal is recomputed from the live step on every :meth:`update_step` call; 4D-fy latched it
-  one-way, so loading a stage-1 checkpoint (global step 10000) annealed stage 2 from its step 0 (reference §11.3);
-- half precision is bf16 (4D-fy: fp16) for the frozen UNets and VAE, on CUDA only; LoRA and camera MLP stay fp32;
 - the camera is dropped per LoRA-loss sample; 4D-fy (threestudio) draws once per call, which is the same thing
   with its single-view batches of B = 1;
 - ``enable_sequential_cpu_offload`` is rejected (see :class:`StableDiffusionVSDGuidance.Config`).
@@ -56,7 +65,7 @@ from torch import Tensor, nn
 
 from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
-from fourdfy.guidance import sds
+from fourdfy.guidance import precision, sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.guidance.lora import inject_lora
 from fourdfy.guidance.sd_loading import SDComponents, load_sd_components
@@ -112,6 +121,7 @@ class StableDiffusionVSDGuidance(BaseGuidance):
 
     loss_names = ("vsd", "lora")
     frozen_modules = ("unet", "unet_lora", "vae")
+    precision_network = "sd"
 
     @dataclasses.dataclass
     class Config:
@@ -132,7 +142,11 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         guidance_scale_lora: float = 1.0
         """CFG scale of the LoRA model."""
         half_precision_weights: bool = True
-        """Run the frozen UNets and VAE in bf16 on CUDA (4D-fy: fp16); fp32 on CPU. LoRA/camera stay fp32."""
+        """4D-fy's key (4D-fy: fp16 networks). ``false``: the frozen UNets and VAE run in fp32
+        (``weights_dtype: auto`` resolves to fp32); ``true``: ``weights_dtype`` decides. LoRA/camera stay fp32."""
+        weights_dtype: str = choice("auto", precision.WEIGHTS_DTYPES, precision.WEIGHTS_DTYPE_DOC)
+        """Precision of the frozen UNets and VAE on CUDA: ``auto`` (the measured default of the ``sd`` family,
+        :data:`fourdfy.guidance.precision.NETWORK_DEFAULTS`), ``fp32``, ``tf32``, ``fp16`` or ``bf16``. CPU: fp32."""
         lora_cfg_training: bool = True
         """Zero the camera of a LoRA-loss sample with probability 0.1."""
         lora_n_timestamp_samples: int = 1
@@ -143,6 +157,11 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """``max_step_percent`` once ``global_step > anneal_start_step``."""
         anneal_start_step: Optional[int] = 5000
         """Null disables the anneal."""
+        max_step_latch: bool = True
+        """4D-fy's one-way anneal (default): once a step past ``anneal_start_step`` is seen -- including the previous
+        stage's step, replayed when ``system.weights`` loads a checkpoint -- the max step stays annealed. So a
+        stage 2 chained after stage 1 samples t in [20, 500] from its first step, as 4D-fy's did. ``false``: the
+        configured schedule, recomputed from the live step (stage 2: [20, 980] until its own step 5000)."""
         view_dependent_prompting: bool = True
         """View-dependent text for the pretrained model (the LoRA model always gets view-independent text)."""
         camera_condition_type: str = choice("extrinsics", ("extrinsics", "mvp"), "Camera fed to the camera MLP.")
@@ -158,6 +177,7 @@ class StableDiffusionVSDGuidance(BaseGuidance):
                 raise ConfigError("max_step_percent_annealed: must be in (0, 1]")
             if self.anneal_start_step is not None and self.anneal_start_step < 0:
                 raise ConfigError("anneal_start_step: must be >= 0 (or null to disable the anneal)")
+            precision.check_config(self)
 
     def __init__(self, cfg=None, path: str = "system.guidance") -> None:
         self.path = path
@@ -197,6 +217,8 @@ class StableDiffusionVSDGuidance(BaseGuidance):
                 unet.set_attention_slice(1)
             if c.enable_channels_last_format:
                 unet.to(memory_format=torch.channels_last)
+        self.annealed = False
+        """Whether the one-way anneal has fired (``max_step_latch``)."""
         self.min_step, self.max_step = self.step_range(0, 0)
 
     def _check_models(self, pre: SDComponents, lora: SDComponents, key: str, key_lora: str) -> None:
@@ -214,6 +236,11 @@ class StableDiffusionVSDGuidance(BaseGuidance):
             )
         if pre.scheduler.config.num_train_timesteps != lora.scheduler.config.num_train_timesteps:
             raise ConfigError(f"{key_lora}: its schedule has a different number of training timesteps than {key}'s")
+        if lora.scheduler.config.prediction_type == "v_prediction" and not lora.unet.config.upcast_attention:
+            logger.warning(
+                "%s: this v-prediction UNet does not upcast attention (SD 2.1 768-v's config does); in fp16 its "
+                "attention may overflow. Consider weights_dtype: bf16 or fp32.", key_lora,
+            )  # fmt: skip
         latent = pre.vae.config.latent_channels
         if pre.unet.config.in_channels != latent or lora.unet.config.in_channels != latent:
             raise ConfigError(f"{key_lora}: UNet input channels do not match the VAE's {latent} latent channels")
@@ -224,19 +251,25 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return int(self.unet.config.sample_size) * factor
 
-    def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
-        """``(min_step, max_step)`` at a training position; after ``anneal_start_step`` the max is
-        ``int(T * max_step_percent_annealed)``. A pure function of the position (no latch)."""
+    def step_range(self, epoch: int, global_step: int, annealed: bool = False) -> tuple[int, int]:
+        """``(min_step, max_step)`` at a training position; after ``anneal_start_step`` (or when ``annealed``) the
+        max is ``int(T * max_step_percent_annealed)``. A pure function of its arguments."""
         c = self.cfg
         lo, hi = sds.step_range(c.min_step_percent, c.max_step_percent, epoch, global_step, self.num_train_timesteps)
-        if c.anneal_start_step is not None and global_step > c.anneal_start_step:
+        if annealed or (c.anneal_start_step is not None and global_step > c.anneal_start_step):
             hi = int(self.num_train_timesteps * c.max_step_percent_annealed)
         return lo, hi
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        # recomputed from the live step every call: a value set while loading weights (the previous stage's step)
-        # is replaced at the first training batch, unlike 4D-fy's one-way anneal (reference §11.3)
-        self.min_step, self.max_step = self.step_range(epoch, global_step)
+        c = self.cfg
+        if c.max_step_latch:
+            # 4D-fy: one-way, and also fired by the previous stage's step when system.weights is loaded
+            past = c.anneal_start_step is not None and global_step > c.anneal_start_step
+            self.annealed = self.annealed or past
+            self.min_step, self.max_step = self.step_range(epoch, global_step, self.annealed)
+        elif not on_load_weights:
+            # the configured schedule: a pure function of the live step; the loaded stage's step is ignored
+            self.min_step, self.max_step = self.step_range(epoch, global_step)
 
     # ----------------------------------------------------------------------------------------------------------
     # the call
@@ -248,8 +281,12 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """Latents of renders in [0, 1]: a posterior *sample* (as 4D-fy), scaled by the VAE's factor, fp32."""
         size = self.image_size
         x = self.images_to_bchw(rgb, (size, size)) * 2.0 - 1.0
-        posterior = self.vae.encode(x.to(self.weights_dtype)).latent_dist
-        return (posterior.sample(generator=generator) * self.vae.config.scaling_factor).float()
+        scale, dtype = self.vae.config.scaling_factor, self.weights_dtype
+
+        def encode(v: Tensor) -> Tensor:
+            return (self.vae.encode(v.to(dtype)).latent_dist.sample(generator=generator) * scale).float()
+
+        return self.call_frozen(encode, x)
 
     def sample_noise(
         self, latents: Float[Tensor, "B C h w"], generator: Optional[torch.Generator] = None
@@ -378,5 +415,6 @@ class StableDiffusionVSDGuidance(BaseGuidance):
     ) -> Float[Tensor, "M C h w"]:
         """One UNet call in the frozen networks' dtype (the camera MLP casts its own input); fp32 output."""
         dtype = self.weights_dtype
-        out = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), class_labels=class_labels).sample
+        with self.network_math():
+            out = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), class_labels=class_labels).sample
         return out.float()

@@ -63,7 +63,7 @@ from fourdfy import stand_ins
 from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
-from fourdfy.guidance import sds, video_sds
+from fourdfy.guidance import precision, sds, video_sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
 from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance.sd_loading import hub_offline
@@ -146,8 +146,8 @@ class ZeroscopeGuidance(BaseGuidance):
 
     loss_names = ("sds_video",)
     frozen_modules = ("unet", "vae")
-    half_dtype = torch.float16
-    """4D-fy ran ZeroScope's UNet and VAE in fp16."""
+    precision_network = "zeroscope"
+    """``weights_dtype: auto`` takes the measured default of this family (4D-fy ran ZeroScope in fp16)."""
     video_size: tuple[int, int] = VIDEO_SIZE
     """(height, width) the frames are resized to (an attribute, not a config key: ZeroScope's resolution; tests
     shrink it on an instance to run fast)."""
@@ -171,7 +171,9 @@ class ZeroscopeGuidance(BaseGuidance):
         grad_clip: Optional[Scheduled] = None
         """Clamp the latent gradient elementwise to ``[-c, c]`` (null: no clamp, as every 4D-fy config)."""
         half_precision_weights: bool = True
-        """UNet and VAE in fp16 on CUDA (as 4D-fy); fp32 on CPU."""
+        """4D-fy's key: ``false`` runs the UNet and VAE in fp32 (``weights_dtype: auto`` resolves to fp32); ``true``:
+        ``weights_dtype`` decides (fp16 in 4D-fy)."""
+        weights_dtype: str = choice("auto", precision.WEIGHTS_DTYPES, precision.WEIGHTS_DTYPE_DOC)
         min_step_percent: Scheduled = 0.02
         max_step_percent: Scheduled = 0.98
         max_step_percent_annealed: float = 0.5
@@ -200,6 +202,7 @@ class ZeroscopeGuidance(BaseGuidance):
         system's device. Not combinable with data-parallel ``--gpu 0,1``."""
 
         def __post_init__(self) -> None:
+            precision.check_config(self)
             inert = {
                 "use_sjc": (False, "score-Jacobian chaining is not implemented (no 4D-fy config uses it)"),
                 "var_red": (True, "it only acts with use_sjc, which is not implemented"),

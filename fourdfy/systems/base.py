@@ -31,12 +31,23 @@ class BaseSystem(pl.LightningModule, Configurable):
         self._true_global_step = 0
         self._true_current_epoch = 0
         self._status_from_checkpoint = False
+        self._weights_position: Optional[tuple[int, int]] = None
         self.configure()
         if self.cfg.weights is not None:
             if resumed:
                 logger.info("resuming: system.weights is ignored, the resumed checkpoint has all weights")
             else:
                 self.weights_report = load_stage_weights(self, self.cfg.weights, self.cfg.weights_ignore_modules)
+                self.replay_weights_position(self.weights_report.source_epoch, self.weights_report.source_step)
+
+    def replay_weights_position(self, epoch: int, global_step: int) -> None:
+        """4D-fy's step after loading ``system.weights``: every part's ``update_step`` once with the loaded
+        checkpoint's position and ``on_load_weights=True``. It only lasts in one-way state (VSD's max-step latch);
+        the position is stored in this run's checkpoints so a resumed run replays it too."""
+        self._weights_position = (int(epoch), int(global_step))
+        for part in self.parts():
+            if part is not None:
+                part.update_step(int(epoch), int(global_step), on_load_weights=True)
 
     # -- parts ------------------------------------------------------------------------------------------------
 
@@ -107,8 +118,17 @@ class BaseSystem(pl.LightningModule, Configurable):
         for k in [k for k in state if k in frozen]:
             del state[k]
         checkpoint["fourdfy_frozen_keys_dropped"] = len(frozen)
+        if self._weights_position is not None:
+            checkpoint["fourdfy_weights_position"] = list(self._weights_position)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        position = checkpoint.get("fourdfy_weights_position")
+        if position is not None:
+            # a resumed training run replays the position its system.weights had (for VSD's max-step latch);
+            # eval-only runs keep it for their own checkpoints but replay nothing
+            self._weights_position = (int(position[0]), int(position[1]))
+            if self._trainer is not None and self.trainer.state.fn == "fit":
+                self.replay_weights_position(*self._weights_position)
         # put the live frozen weights back so Lightning's strict load checks every *other* key
         state = checkpoint["state_dict"]
         live = self.state_dict()

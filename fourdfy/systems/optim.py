@@ -2,8 +2,14 @@
 
 ``system.optimizer.params`` maps a dotted attribute path (``geometry.encoding``, ``background``,
 ``guidance_single_view``) to the group's options (``lr``...). A path that does not exist on the system is an
-error; a path that names a part this stage did not build (``None``) gives an empty group and a log line. Every
-trainable parameter must belong to exactly one group, otherwise the optimizer would silently skip it.
+error; a path that names a part this stage did not build (``None``) gives an empty group and a log line. A
+parameter may belong to one group only.
+
+Trainable parameters that no group names are left untrained, as in 4D-fy (its optimizer simply never sees them):
+they are frozen (``requires_grad=False``, so no gradient is computed for them either) and named in one warning.
+4D-fy's ``fourdfy_stage_2_low_vram_deformation.yaml`` relies on this: it has no ``guidance_single_view`` group, so
+its VSD LoRA and camera embedding stay at their initialisation. ``ungrouped_params: error`` refuses such a config
+instead.
 """
 
 import dataclasses
@@ -13,7 +19,7 @@ import logging
 import torch
 from torch import nn
 
-from fourdfy.config import ConfigError, did_you_mean
+from fourdfy.config import ConfigError, choice, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +34,9 @@ class OptimizerConfig:
     """Keyword arguments of the optimizer (checked against its signature)."""
     params: dict = dataclasses.field(default_factory=dict)
     """Parameter groups: ``{attribute.path: {lr: ..., ...}}``."""
+    ungrouped_params: str = choice("freeze", ("freeze", "error"), "Trainable parameters in no group.")
+    """Trainable parameters in no group: ``freeze`` them with one warning (4D-fy's behaviour: untrained), or
+    ``error`` (refuse the config)."""
 
     def __post_init__(self) -> None:
         opt_cls = optimizer_class(self.name, "name")
@@ -98,10 +107,31 @@ def build_optimizer(system: nn.Module, cfg: OptimizerConfig, key: str = "system.
                 )
             seen[id(p)] = path
         groups.append({"params": params, "name": path, **options})
-    missing = [n for n, p in system.named_parameters() if p.requires_grad and id(p) not in seen]
-    if missing:
-        raise ConfigError(
-            f"{key}.params: trainable parameters in no optimizer group: {', '.join(missing[:8])}"
-            f"{' ...' if len(missing) > 8 else ''}. Add a group for them (or freeze them)."
-        )
+    orphans = [(n, p) for n, p in system.named_parameters() if p.requires_grad and id(p) not in seen]
+    if orphans:
+        summary = summarize_parameters(orphans)
+        if cfg.ungrouped_params == "error":
+            raise ConfigError(
+                f"{key}.params: trainable parameters in no optimizer group: {summary}. Add a group for them, or set "
+                f"{key}.ungrouped_params=freeze to leave them untrained (4D-fy's behaviour)."
+            )
+        for _, p in orphans:
+            p.requires_grad_(False)
+        logger.warning(
+            "%s.params: trainable parameters in no optimizer group are frozen (left untrained, as 4D-fy does): %s. "
+            "Add a group to train them, or set %s.ungrouped_params=error to refuse such configs.", key, summary, key,
+        )  # fmt: skip
     return opt_cls(groups, **cfg.args)
+
+
+def summarize_parameters(named: list[tuple[str, nn.Parameter]], depth: int = 2) -> str:
+    """``prefix (N tensors, M values)`` per leading ``depth`` name components, in first-seen order."""
+    counts: dict[str, list[int]] = {}
+    for name, p in named:
+        prefix = ".".join(name.split(".")[:depth])
+        entry = counts.setdefault(prefix, [0, 0])
+        entry[0] += 1
+        entry[1] += p.numel()
+    return ", ".join(
+        f"{prefix} ({n} tensor{'s' if n != 1 else ''}, {values:,} values)" for prefix, (n, values) in counts.items()
+    )

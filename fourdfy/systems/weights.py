@@ -12,11 +12,12 @@ The rule, module by module (a *module* is a top-level child of the system: ``geo
    a module of the checkpoint absent from the system is skipped (e.g. the VSD LoRA when stage 3 low-VRAM does not
    build VSD). Both are reported.
 5. No optimizer state and no step counter are taken: the new stage starts at step 0, so every schedule restarts.
+6. As in 4D-fy, every part's ``update_step`` is then called once with the checkpoint's position and
+   ``on_load_weights=True`` (``BaseSystem``). Parts that recompute from the live step forget it at the first
+   batch; the one one-way state is VSD's max-step anneal (``max_step_latch``), which therefore starts stage 2
+   annealed (t in [20, 500]), as 4D-fy's stage 2 ran (reference §1.5, §15.3).
 
-Deliberate difference from 4D-fy: 4D-fy loads non-strictly and then calls every part's ``update_step`` with the
-*previous* stage's step, which anneals the VSD max timestep to 0.5 before stage 2 begins (its
-``max_step_percent: 0.98`` never takes effect) -- reference §11.3. We do not replay the old step, so stage 2 starts
-with the configured 0.98 and anneals at its own step 5000.
+Difference from 4D-fy: the load is strict per module (4D-fy's is non-strict).
 """
 
 import dataclasses
@@ -42,15 +43,18 @@ class WeightsReport:
     skipped: list[str]
     """Checkpoint modules not taken (ignored by config, frozen pretrained weights, or not part of this system)."""
     source_step: int
-    """``global_step`` stored in the checkpoint (informational; the new stage starts at 0)."""
+    """``global_step`` stored in the checkpoint (replayed once into ``update_step``; the new stage starts at 0)."""
+    source_epoch: int = 0
+    """``epoch`` stored in the checkpoint."""
 
 
 def _module_of(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def read_checkpoint_state(path: str) -> tuple[dict[str, torch.Tensor], int]:
-    """The ``state_dict`` and ``global_step`` of a Lightning checkpoint, read without unpickling code."""
+def read_checkpoint_state(path: str) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The ``state_dict``, ``global_step`` and ``epoch`` of a Lightning checkpoint, read without unpickling
+    code."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -62,14 +66,14 @@ def read_checkpoint_state(path: str) -> tuple[dict[str, torch.Tensor], int]:
         raise StageWeightsError(f"system.weights: cannot read checkpoint {path!r}: {e}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise StageWeightsError(f"system.weights: {path!r} is not a Lightning checkpoint (no 'state_dict')")
-    return ckpt["state_dict"], int(ckpt.get("global_step", 0))
+    return ckpt["state_dict"], int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0))
 
 
 def load_stage_weights(
     system: nn.Module, path: str, ignore_modules: Optional[list[str]] = None
 ) -> WeightsReport:
     """Load the trainable modules of a previous stage into ``system`` by the rule in the module docstring."""
-    state, step = read_checkpoint_state(path)
+    state, step, epoch = read_checkpoint_state(path)
     ignore = list(ignore_modules or [])
     frozen = system.frozen_state_keys() if hasattr(system, "frozen_state_keys") else set()
     own_modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -129,7 +133,7 @@ def load_stage_weights(
     missing_after = [k for k in result.missing_keys if _module_of(k) in loaded]
     if unexpected_after or missing_after:
         raise StageWeightsError(f"system.weights: internal key mismatch {missing_after[:4]} {unexpected_after[:4]}")
-    report = WeightsReport(sorted(loaded), sorted(kept_fresh), sorted(skipped), step)
+    report = WeightsReport(sorted(loaded), sorted(kept_fresh), sorted(skipped), step, epoch)
     logger.info(
         "system.weights=%s (step %d): loaded %s; kept fresh %s; skipped %s",
         path, step, report.loaded, report.kept_fresh, report.skipped,

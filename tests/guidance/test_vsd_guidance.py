@@ -221,15 +221,28 @@ def test_camera_embedding_has_default_nonzero_init(guidance):
     assert "class_embedding" not in dict(guidance.unet_lora.named_children())
 
 
-def test_update_step_anneal_is_a_function_of_the_live_step(guidance):
-    guidance.update_step(0, 0)
-    assert (guidance.min_step, guidance.max_step) == (20, 980)
-    guidance.update_step(0, 5000)
-    assert guidance.max_step == 980
-    guidance.update_step(0, 5001, on_load_weights=True)  # e.g. loading a previous stage's checkpoint
-    assert guidance.max_step == 500
-    guidance.update_step(0, 0)  # the next training batch of the new stage
-    assert (guidance.min_step, guidance.max_step) == (20, 980)
+def test_update_step_anneal_latches_one_way_by_default():
+    g = make_guidance()  # 4D-fy's one-way anneal (max_step_latch: true)
+    g.update_step(0, 0)
+    assert (g.min_step, g.max_step) == (20, 980)
+    g.update_step(0, 5000)
+    assert g.max_step == 980
+    g.update_step(0, 5001, on_load_weights=True)  # e.g. loading a previous stage's checkpoint
+    assert g.max_step == 500
+    g.update_step(0, 0)  # the next training batch of the new stage stays annealed
+    assert (g.min_step, g.max_step) == (20, 500)
+
+
+def test_update_step_anneal_is_a_function_of_the_live_step_without_latch():
+    g = make_guidance(max_step_latch=False)
+    g.update_step(0, 0)
+    assert (g.min_step, g.max_step) == (20, 980)
+    g.update_step(0, 5001, on_load_weights=True)  # the loaded stage's step is ignored
+    assert g.max_step == 980
+    g.update_step(0, 5001)
+    assert g.max_step == 500
+    g.update_step(0, 0)
+    assert (g.min_step, g.max_step) == (20, 980)
     never = make_guidance(anneal_start_step=None)
     never.update_step(0, 10**6)
     assert never.max_step == 980

@@ -241,7 +241,10 @@ def test_timesteps_stay_in_the_configured_range(guidance):
 
 
 def test_half_precision_plumbing_and_autocast_is_off(monkeypatch):
-    assert ZeroscopeGuidance.half_dtype == torch.float16  # 4D-fy's fp16 (bf16 is the other guidances' default)
+    from fourdfy.guidance import precision
+
+    assert ZeroscopeGuidance.precision_network == "zeroscope"
+    assert precision.resolve(make_guidance().cfg, "cuda", "zeroscope").dtype == torch.float16  # 4D-fy's fp16
     assert make_guidance().weights_dtype == torch.float32  # on CPU, even with half_precision_weights
     # what .to("cuda") does with half_precision_weights, simulated on CPU
     monkeypatch.setattr(ZeroscopeGuidance, "weights_dtype", property(lambda self: torch.float16))
