@@ -70,7 +70,7 @@ class CameraBatch:
         """Number of cameras."""
         return self.c2w.shape[0]
 
-    def with_times(self, times: Float[Tensor, "B T2"]) -> "CameraBatch":
+    def with_times(self, times: Float[Tensor, "*B T2"]) -> "CameraBatch":
         """The same cameras at other times (``[B, T2]``, or ``[T2]`` for every camera)."""
         if times.dim() == 1:
             times = times[None].expand(self.batch_size, -1)
