@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,9 @@ def test_missing_stage_checkpoint_message(tmp_path):
 
 
 def test_pipeline_runs_stages_in_order_and_skips_finished(tmp_path):
+    """The tiny chain 1 -> 2 -> 3 through ``--pipeline``: each stage starts from the previous one's checkpoint, the
+    scene of stage 3 moves (its test views at their times differ from the same views at t = 0), ``--test`` from
+    the stage-3 checkpoint reproduces the test images, and a rerun skips every finished stage."""
     cmd = [sys.executable, str(ROOT / "launch.py"), "--pipeline", str(SMOKE / "fourdfy_tiny.yaml"), "--train",
            PROMPT, f"exp_root_dir={tmp_path}"]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -99,8 +103,36 @@ def test_pipeline_runs_stages_in_order_and_skips_finished(tmp_path):
     ck2 = torch.load(t2 / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck2["global_step"] == 20  # stage 2 counted its own 20 steps from 0
     assert any(k.startswith("guidance_single_view.lora_layers.") for k in ck2["state_dict"])
+    (t3,) = (tmp_path / "fourdfy_stage_3_tiny").iterdir()
+    assert f"weights: {t2 / 'ckpts' / 'last.ckpt'}" in (t3 / "configs" / "parsed.yaml").read_text()
+    ck3 = torch.load(t3 / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck3["global_step"] == 20 and "geometry.encoding.encoding.encoding_time.params" in ck3["state_dict"]
+    save = t3 / "save"
+    for video in ("it20-test", "it20-test_static", "it20-0_video", "it20-test-depth-jet"):
+        assert (save / f"{video}.mp4").is_file() or (save / f"{video}.gif").is_file(), video
+    dynamic = read_numbered(save / "it20-test")
+    static = read_numbered(save / "it20-test_static")
+    assert len(dynamic) == len(static) == 12  # motion_smooth with 8 times: 2 * 8 - 4 views
+    # the same view at its time and at t = 0: the temporal grid trained on the video steps moves the scene
+    assert max(np.abs(d - s).max() for d, s in zip(dynamic[1:], static[1:])) >= 2
+    for f in (save / "it20-test").iterdir():
+        f.unlink()
+    rerun = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", str(t3 / "configs" / "parsed.yaml"),
+                            "--test", f"resume={t3 / 'ckpts' / 'last.ckpt'}"],
+                           capture_output=True, text=True, timeout=900, cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for a, b in zip(dynamic, read_numbered(save / "it20-test")):
+        assert np.abs(a - b).max() <= 1
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("skipping") == 2, second.stderr[-3000:]
-    assert len(list((tmp_path / "fourdfy_stage_1_tiny").iterdir())) == 1
-    assert len(list((tmp_path / "fourdfy_stage_2_tiny").iterdir())) == 1
+    assert second.stderr.count("skipping") == 3, second.stderr[-3000:]
+    for stage in (1, 2, 3):
+        assert len(list((tmp_path / f"fourdfy_stage_{stage}_tiny").iterdir())) == 1
+
+
+def read_numbered(folder: Path) -> list[np.ndarray]:
+    """``{i}.png`` of a folder in index order, as int arrays."""
+    import imageio.v3 as iio
+
+    files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+    return [iio.imread(f)[..., :3].astype(np.int32) for f in files]
