@@ -1,15 +1,16 @@
 """``save/index.html``: one self-contained result page per trial, readable offline from ``file://``.
 
 Everything the page shows is inside the file: the test videos as ``data:`` URIs (GIF fallbacks as images), the
-exported ``.glb`` as base64 text handed to a bundled ``<model-viewer>`` (``assets/model-viewer.min.js``, inlined;
+exported ``.glb`` as base64 text handed to our own WebGL viewer (``assets/viewer.js``, inlined, no dependencies;
 a ``file://`` page may not fetch neighbouring files, so the model must be embedded), the loss curves as inline
 SVG from ``csv_logs/**/metrics.csv``, the prompt, the resolved config and ``save/eval.json``. A file larger than
 ``max_embed_mb`` is linked by relative path instead (videos still play from ``file://``; the 3D viewer then
 shows a note).
 
 A small script records what loaded on ``<body>``: ``data-videos-total``/``data-videos-ready``, ``data-model``
-(``none``/``loading``/``loaded``/``error``), ``data-animations``, ``data-errors`` (errors are also shown in the
-page) and ``data-warnings``, which the Chromium test reads.
+(``none``/``loading``/``loaded``/``error``), ``data-frames`` (frames of the model), ``data-errors`` (errors are
+also shown in the page) and ``data-warnings``; the viewer's own state is ``window.fourdfyViewer`` (see
+``viewer.js``). The Chromium test reads both.
 """
 
 import base64
@@ -24,7 +25,7 @@ from fourdfy.evaluation.trial import prompt_of
 from fourdfy.utils.io import atomic_write_text
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-MODEL_VIEWER_JS = ASSETS / "model-viewer.min.js"
+VIEWER_JS = ASSETS / "viewer.js"
 PAGE_NAME = "index.html"
 VIDEO_KINDS = (
     ("test", "test orbit"),
@@ -41,7 +42,6 @@ h1{font-size:1.5em;margin-bottom:.2em} .meta{color:#666;margin-top:0}
 section{margin:1.4em 0} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .grid{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0} figcaption{font-size:.85em;color:#555}
 video,img.anim{width:256px;height:256px;object-fit:contain;background:#eee;image-rendering:auto}
-model-viewer{width:480px;height:400px;background:#f4f4f4;border:1px solid #ddd}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:.9em}
 pre{background:#f7f7f7;padding:.8em;max-height:420px;overflow:auto;font-size:.8em}
 #page-errors{color:#b00;white-space:pre-wrap}
@@ -87,23 +87,20 @@ STATUS_JS = """
     if (v.readyState >= 2) done(); else v.addEventListener('loadeddata', done);
     v.addEventListener('error', function () { errors.push('video failed to load: ' + v.dataset.name); show(); });
   });
-  var mv = document.getElementById('viewer'), data = document.getElementById('glb-base64');
-  body.dataset.model = mv && data ? 'loading' : 'none';
-  if (mv && data) {
+  var box = document.getElementById('viewer'), data = document.getElementById('glb-base64');
+  body.dataset.model = box && data ? 'loading' : 'none';
+  if (box && data) {
     var bin = atob(data.textContent.trim()), bytes = new Uint8Array(bin.length);
     for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    var url = URL.createObjectURL(new Blob([bytes], {type: 'model/gltf-binary'}));
-    mv.addEventListener('load', function () {
-      body.dataset.model = 'loaded';
-      body.dataset.animations = String((mv.availableAnimations || []).length);
-      if (mv.availableAnimations && mv.availableAnimations.length) mv.play();
-    });
-    mv.addEventListener('error', function () {
-      body.dataset.model = 'error'; errors.push('3D model failed to load'); show();
-    });
-    mv.setAttribute('src', url);
     var link = document.getElementById('glb-download');
-    if (link) link.href = url;
+    if (link) link.href = URL.createObjectURL(new Blob([bytes], {type: 'model/gltf-binary'}));
+    try {
+      var viewer = window.fourdfyViewer = window.fourdfyView(box, bytes);  // shows its own errors
+      body.dataset.model = viewer.error ? 'error' : 'loaded';
+      body.dataset.frames = String(viewer.frames);
+    } catch (e) {
+      body.dataset.model = 'error'; errors.push('3D viewer: ' + e); show();
+    }
   }
   show();
 })();
@@ -172,41 +169,19 @@ def _eval_html(result: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def model_framing(glb: Path) -> dict[str, str]:
-    """``<model-viewer>`` camera attributes that frame every frame of a ``.glb``: the union of its POSITION
-    bounds (frames hidden at rest by a zero scale would otherwise be left out of the automatic framing, and a
-    growing object would fill the view), seen with a 30 degree field of view from ~4 bounding radii."""
+def glb_vertex_count(glb: Path) -> int:
+    """The number of vertices in a ``.glb`` (0: the export found no surface)."""
     import pygltflib
 
     gltf = pygltflib.GLTF2.load(str(glb))
-    lo, hi = [], []
-    for mesh in gltf.meshes:
-        for prim in mesh.primitives:
-            acc = gltf.accessors[prim.attributes.POSITION]
-            if acc.min is not None and acc.max is not None:
-                lo.append(acc.min)
-                hi.append(acc.max)
-    if not lo:
-        return {}
-    lo_v = [min(v[i] for v in lo) for i in range(3)]
-    hi_v = [max(v[i] for v in hi) for i in range(3)]
-    centre = [(a + b) / 2.0 for a, b in zip(lo_v, hi_v)]
-    radius = max(0.5 * sum((b - a) ** 2 for a, b in zip(lo_v, hi_v)) ** 0.5, 1e-3)
-    distance = radius / 0.2588 * 1.05  # sin(15 deg): the bounding sphere fits the 30 degree view, 5 % margin
-    return {
-        "camera-target": " ".join(f"{c:.4f}m" for c in centre),
-        "camera-orbit": f"30deg 75deg {distance:.4f}m",
-        "field-of-view": "30deg",
-        "min-camera-orbit": "auto auto 0m",
-        "max-camera-orbit": f"auto auto {4 * distance:.4f}m",
-    }
+    return sum(gltf.accessors[prim.attributes.POSITION].count for mesh in gltf.meshes for prim in mesh.primitives)
 
 
-def _model_viewer_script() -> str:
-    js = MODEL_VIEWER_JS.read_text(encoding="utf-8")
+def _viewer_script() -> str:
+    js = VIEWER_JS.read_text(encoding="utf-8")
     if re.search(r"</?script", js, re.IGNORECASE):
-        raise ValueError(f"{MODEL_VIEWER_JS}: contains a <script> tag and cannot be inlined safely")
-    return f'<script type="module">{js}</script>'
+        raise ValueError(f"{VIEWER_JS}: contains a <script> tag and cannot be inlined safely")
+    return f"<script>{js}</script>"
 
 
 def render_page(trial_dir: Path, max_embed_mb: float = 64.0) -> str:
@@ -243,22 +218,18 @@ def render_page(trial_dir: Path, max_embed_mb: float = 64.0) -> str:
     if model is not None:
         rel = model.relative_to(save).as_posix()
         body.append('<section id="model"><h2>Exported mesh</h2>')
-        framing_attrs = model_framing(model)
-        if not framing_attrs:
+        if not glb_vertex_count(model):
             body.append(
                 f"<p>The exported mesh <code>{_esc(rel)}</code> is empty: the density never reaches "
                 "<code>system.geometry.isosurface_threshold</code>. Export again with a lower threshold.</p>"
             )
         elif model.stat().st_size <= limit:
-            head.append(_model_viewer_script())
-            framing = " ".join(f'{k}="{_esc(v)}"' for k, v in framing_attrs.items())
             body.append(
-                '<model-viewer id="viewer" camera-controls auto-rotate autoplay loading="eager" reveal="auto" '
-                f'shadow-intensity="0" exposure="1" {framing} '
-                f'alt="{_esc(prompt)}"><div slot="progress-bar"></div></model-viewer>'
+                f'<div id="viewer" role="img" aria-label="{_esc(prompt)}"></div>'
                 f'<p class="meta"><a id="glb-download" download="{_esc(model.name)}">download {_esc(rel)}</a> '
-                "(drag to orbit; a dynamic scene plays its frames in a loop)</p>"
+                "(drag to orbit, wheel to zoom, double-click to reset; a dynamic scene plays its frames in a loop)</p>"
                 f'<script type="application/octet-stream" id="glb-base64">{base64.b64encode(model.read_bytes()).decode()}</script>'
+                + _viewer_script()
             )
         else:
             body.append(f'<p>The model is too large to embed: <a href="{_esc(rel)}">{_esc(rel)}</a></p>')

@@ -5,7 +5,7 @@ import html
 import re
 import stat
 
-from fourdfy.evaluation.page import MODEL_VIEWER_JS, render_page, write_result_page
+from fourdfy.evaluation.page import ASSETS, VIEWER_JS, render_page, write_result_page
 from fourdfy.evaluation.svg_plot import line_plot_svg, nice_ticks
 from synthetic_trials import PAGE_PROMPT
 
@@ -20,8 +20,17 @@ def test_page_embeds_the_videos_and_the_model(page_trial):
     assert [base64.b64decode(s) for s in sources] == [v.read_bytes() for v in page_trial.videos]
     glb = re.search(r'<script type="application/octet-stream" id="glb-base64">([A-Za-z0-9+/=]+)</script>', text)
     assert base64.b64decode(glb.group(1)) == page_trial.glb.read_bytes()
-    assert "<model-viewer id=\"viewer\"" in text
-    assert MODEL_VIEWER_JS.read_text(encoding="utf-8") in text  # the viewer itself is inlined
+    assert '<div id="viewer"' in text and "window.fourdfyView(box, bytes)" in text
+    assert f"<script>{VIEWER_JS.read_text(encoding='utf-8')}</script>" in text  # our viewer itself is inlined
+
+
+def test_page_carries_no_third_party_bundle(page_trial):
+    text = page_text(page_trial)
+    assert "model-viewer" not in text.lower() and "customElements.define" not in text and "three.js" not in text.lower()
+    assert sorted(p.name for p in ASSETS.iterdir()) == ["README.md", "viewer.js"]
+    glb = len(page_trial.glb.read_bytes()) * 4 / 3
+    videos = sum(len(v.read_bytes()) for v in page_trial.videos) * 4 / 3
+    assert len(text) < glb + videos + 100_000  # the page is its data plus a few tens of kB of our own code
 
 
 def test_page_needs_no_network(page_trial):
@@ -51,7 +60,7 @@ def test_missing_parts_are_announced(tmp_path):
     (tmp_path / "save").mkdir()
     text = render_page(tmp_path)
     assert "No test video yet" in text and "Not evaluated yet" in text and "No csv_logs" in text
-    assert "<model-viewer" not in text and "customElements.define" not in text  # no model: no 1 MB viewer
+    assert "function parseGlb" not in text and '<div id="viewer"' not in text  # no model: no viewer code
 
 
 def test_large_files_are_linked_not_embedded(page_trial, tmp_path):
@@ -81,4 +90,4 @@ def test_an_empty_export_is_explained(tmp_path):
     empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
     write_glb([empty], tmp_path / "save" / "it5-export" / "model.glb")
     text = render_page(tmp_path)
-    assert "is empty" in text and "isosurface_threshold" in text and "<model-viewer" not in text
+    assert "is empty" in text and "isosurface_threshold" in text and '<div id="viewer"' not in text

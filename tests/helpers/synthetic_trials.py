@@ -190,7 +190,7 @@ def build_page_trial(root: Path, num_times: int = 4) -> PageTrial:
 
     from fourdfy.exporters import export_meshes, write_glb
     from fourdfy.experiment import dump_yaml
-    from fourdfy.utils.saving import save_frames_video
+    from fourdfy.evaluation.saving import save_frames_video
 
     trial = root / "fourdfy_stage_3" / "a_panda@20260101-000000"
     dump_yaml({"name": "fourdfy_stage_3", "system": {"prompt_processor": {"prompt": PAGE_PROMPT}}}, trial / "configs" / "parsed.yaml")
