@@ -78,7 +78,7 @@ class BaseGuidance(BaseModule):
                 module.to(dtype)
         return out
 
-    def guide(self, rgb: Float[Tensor, "B H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
+    def guide(self, rgb: Float[Tensor, "B *frames H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
         """Call the guidance where it lives: with a placement, renders and cameras are moved to its device and the
         losses come back to the renders' device (autograd follows the copies)."""
         target = self.placement

@@ -130,7 +130,8 @@ def load_stage_weights(
     result = system.load_state_dict(to_load, strict=False)
     # strict=False here only because frozen and fresh modules are absent by design; check that nothing else is
     unexpected_after = [k for k in result.unexpected_keys]
-    missing_after = [k for k in result.missing_keys if _module_of(k) in loaded]
+    # a loaded guidance (VSD's LoRA from stage 2) keeps its frozen networks, which no checkpoint holds
+    missing_after = [k for k in result.missing_keys if _module_of(k) in loaded and k not in frozen]
     if unexpected_after or missing_after:
         raise StageWeightsError(f"system.weights: internal key mismatch {missing_after[:4]} {unexpected_after[:4]}")
     report = WeightsReport(sorted(loaded), sorted(kept_fresh), sorted(skipped), step, epoch)

@@ -20,9 +20,14 @@ FLOORS: dict[str, int] = {
     "fourdfy.systems": 5,
     "fourdfy.experiment": 6, "fourdfy.run": 6, "fourdfy.pipeline": 6, "fourdfy.__main__": 6, "fourdfy.evaluate": 6,
     "fourdfy": 6,
+    # tools over trial folders (they read a trial's configs like the engine does): engine floor
+    "fourdfy.evaluation.trial": 6, "fourdfy.evaluation.evaluate_trial": 6, "fourdfy.evaluation.suite": 6,
+    "fourdfy.evaluation.__main__": 6, "fourdfy.evaluation.page": 6, "fourdfy.exporters.trial_export": 6,
+    "fourdfy.exporters.__main__": 6,
 }  # fmt: skip
 """Floor of each room: 0 foundations and external networks; 1 building blocks; 2 parts; 3 parts built on parts;
-4 evaluation and export; 5 systems; 6 the engine (configs, trials, launching)."""
+4 evaluation and export; 5 systems; 6 the engine (configs, trials, launching) and the tools that work on trial
+folders."""
 
 
 def module_name(path: Path) -> str:
