@@ -23,7 +23,7 @@ run() { echo "=== $*" | tee -a "$log"; timeout "$1" "${@:2}" 2>&1 | grep -v -E "
 for part in "$@"; do
   case "$part" in
     tests) run 420 python3 -m pytest -q -n 8 -rs -p no:cacheprovider tests ;;
-    precision) run 330 python3 benchmarks/precision.py --max-seconds 300 --out-dir "$OUT" ;;
+    precision) run 300 python3 benchmarks/precision.py --max-seconds "${PRECISION_SECONDS:-240}" --out-dir "$OUT" ;;
     stage1)
       run 150 python3 benchmarks/train_step.py --stage 1 --phase late --steps 20 --warmup 5 --tag after --out "$OUT"
       (cd .bench_base && PYTHONPATH=/tmp/site:$PWD run 150 python3 benchmarks/train_step.py --stage 1 --phase late \
