@@ -21,7 +21,12 @@ family      builder signature                                      used by
 ``sd``      ``(with_vae: bool) -> (unet, scheduler, vae | None)``    VSD ``pretrained_model_name_or_path[_lora]``
 ``text``    ``() -> (tokenize: list[str] -> ids [N, 77], encoder)`` prompt processors' ``pretrained_model_name_or_path``
 ``zeroscope`` ``() -> (unet, vae, scheduler)``                      ``zeroscope-guidance.pretrained_model_name_or_path``
+``videocrafter`` ``() -> (unet, vae, alphas_cumprod)``              ``videocrafter-guidance.pretrained_model_name_or_path``
 =========== ====================================================== =========================================
+
+The VideoCrafter2 names (``tiny-random-videocrafter``, ``random-init-videocrafter2``) are in the ``text`` family
+too: 4D-fy's ``_vc`` configs give the video prompt processor and guidance one model name
+(:mod:`fourdfy.stand_ins.videocrafter`).
 
 Builders are named as ``"module:function"`` and imported only when asked for, so looking a name up is cheap.
 """
@@ -44,6 +49,12 @@ _TABLE: dict[str, dict[str, str]] = {
     "text": {
         "tiny-random-clip": "fourdfy.stand_ins.text:tiny_clip",
         "random-init-sd-2-1-text": "fourdfy.stand_ins.full_size:random_sd_text",
+        "tiny-random-videocrafter": "fourdfy.stand_ins.videocrafter:tiny_videocrafter_text",
+        "random-init-videocrafter2": "fourdfy.stand_ins.videocrafter:random_videocrafter2_text",
+    },
+    "videocrafter": {
+        "tiny-random-videocrafter": "fourdfy.stand_ins.videocrafter:tiny_videocrafter",
+        "random-init-videocrafter2": "fourdfy.stand_ins.videocrafter:random_videocrafter2",
     },
 }
 
