@@ -69,6 +69,20 @@ COMPAT: tuple[CompatKey, ...] = (
               "back behind its back; to save memory use half_precision_weights, enable_attention_slicing or a "
               "low-VRAM config"),
     *(
+        CompatKey("videocrafter-guidance", key, value, reason)
+        for key, value, reason in (
+            ("enable_sequential_cpu_offload", False, "a diffusers-pipeline option; VideoCrafter2 is not a pipeline "
+             "here (to save memory: low_ram_vae, a smaller frame_size, or device placement)"),
+            ("enable_attention_slicing", False, "the UNet's attention is PyTorch SDPA, which needs no slicing"),
+            ("enable_channels_last_format", False, "the UNet mixes 2-D and 3-D convolutions; not implemented"),
+            ("use_sjc", False, "score Jacobian chaining is not implemented (no 4D-fy config uses it)"),
+            ("var_red", True, "read only by score Jacobian chaining (use_sjc), which is not implemented"),
+            ("token_merging", False, "token merging (tomesd) patches diffusers UNets only; not implemented"),
+            ("token_merging_params", {}, "token merging is not implemented"),
+            ("use_hifa", False, "4D-fy's HiFA path is broken (undefined size_scale, decode_latents raises)"),
+        )
+    ),
+    *(
         CompatKey(_DATA, f"{view}.{key}", value, reason)
         for view in ("single_view", "multi_view")
         for key, value, reason in (

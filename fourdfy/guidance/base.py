@@ -78,9 +78,10 @@ class BaseGuidance(BaseModule):
                 module.to(dtype)
         return out
 
-    def guide(self, rgb: Float[Tensor, "B *frames H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
+    def guide(self, rgb: Float[Tensor, "*clips H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:
         """Call the guidance where it lives: with a placement, renders and cameras are moved to its device and the
-        losses come back to the renders' device (autograd follows the copies)."""
+        losses come back to the renders' device (autograd follows the copies). ``rgb`` is ``[N, H, W, 3]`` frames for
+        an image guidance, ``[B, T, H, W, 3]`` clips for a video guidance."""
         target = self.placement
         if target is None or target == rgb.device:
             return self(rgb, prompts, batch)

@@ -110,13 +110,15 @@ def directional_prompts(prompt: str, view_dependent_prompt_front: bool) -> list[
     return [f"{prompt}, {d} view" for d in DIRECTIONS]
 
 
-def _encode_and_cache(encoder_cls_path: str, model: str, path: str, prompts: list[str]) -> None:
+def _encode_and_cache(
+    encoder_cls_path: str, model: str, path: str, prompts: list[str], options: Optional[dict] = None
+) -> None:
     """Subprocess entry point: build the encoder and write the embeddings of ``prompts`` to the cache."""
     import importlib
 
     module, name = encoder_cls_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
-    embeddings = cls.encode_prompts(model, path, prompts)
+    embeddings = cls.encode_prompts(model, path, prompts, **(options or {}))
     for prompt, emb in zip(prompts, embeddings):
         save_embedding(embedding_cache_path(model, prompt), emb)
 
@@ -188,8 +190,14 @@ class PromptProcessor(BaseObject):
 
     @staticmethod
     def encode_prompts(model: str, path: str, prompts: list[str]) -> list[Tensor]:
-        """Encode strings into ``[L, D]`` embeddings (CPU tensors). ``path`` is the config key, for messages."""
+        """Encode strings into ``[L, D]`` embeddings (CPU tensors). ``path`` is the config key, for messages.
+        Subclasses whose :meth:`encoder_options` is not empty take those options as keyword arguments too."""
         raise NotImplementedError
+
+    def encoder_options(self) -> dict:
+        """Extra keyword arguments of :meth:`encode_prompts` taken from the config (plain values, so they reach a
+        spawned subprocess); none by default."""
+        return {}
 
     def load_embeddings(self) -> PromptEmbeddings:
         """Load every needed embedding from the cache, computing the missing ones."""
@@ -214,7 +222,8 @@ class PromptProcessor(BaseObject):
                         raise RuntimeError(f"{self.path}: the embedding subprocess did not write {s!r}")
                     found[s] = emb
             else:
-                for s, emb in zip(missing, type(self).encode_prompts(model, self.path, missing)):
+                computed = type(self).encode_prompts(model, self.path, missing, **self.encoder_options())
+                for s, emb in zip(missing, computed):
                     found[s] = emb
                     if c.use_cache:
                         save_embedding(embedding_cache_path(model, s), emb)
@@ -233,11 +242,12 @@ class PromptProcessor(BaseObject):
     def _compute_in_subprocess(self, model: str, prompts: list[str]) -> None:
         cls_path = f"{type(self).__module__}.{type(self).__qualname__}"
         ctx = multiprocessing.get_context("spawn")
-        proc = ctx.Process(target=_encode_and_cache, args=(cls_path, model, self.path, prompts))
+        options = self.encoder_options()
+        proc = ctx.Process(target=_encode_and_cache, args=(cls_path, model, self.path, prompts, options))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
             # the child printed its error; repeat the work here so the user sees the real exception
             logger.warning("embedding subprocess failed (exit code %s); computing in-process", proc.exitcode)
-            for s, emb in zip(prompts, type(self).encode_prompts(model, self.path, prompts)):
+            for s, emb in zip(prompts, type(self).encode_prompts(model, self.path, prompts, **options)):
                 save_embedding(embedding_cache_path(model, s), emb)

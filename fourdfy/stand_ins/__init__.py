@@ -14,18 +14,19 @@ Two sizes:
 
 Families and what a builder returns:
 
-============= ===================================================== ==========================
-family        builder signature                                     used by
-============= ===================================================== ==========================
-``mvdream``   ``() -> (unet, vae, alphas_cumprod)``                 ``multiview-diffusion-guidance.model_name``
-``sd``        ``(with_vae: bool) -> (unet, scheduler, vae | None)`` VSD ``pretrained_model_name_or_path[_lora]``
-``text``      ``() -> (tokenize, encoder)``                         prompt processors' ``pretrained_model_name_or_path``
-``zeroscope`` ``() -> (unet, vae, scheduler)``                      zeroscope guidance ``pretrained_model_name_or_path``
-============= ===================================================== ==========================
+================ ===================================================== =============================================
+family           builder signature                                     used by
+================ ===================================================== =============================================
+``mvdream``      ``() -> (unet, vae, alphas_cumprod)``                 ``multiview-diffusion-guidance.model_name``
+``sd``           ``(with_vae: bool) -> (unet, scheduler, vae | None)`` VSD ``pretrained_model_name_or_path[_lora]``
+``text``         ``() -> (tokenize, encoder)``                         prompt processors' ``pretrained_model_name_or_path``
+``zeroscope``    ``() -> (unet, vae, scheduler)``                      ``zeroscope-guidance.pretrained_model_name_or_path``
+``videocrafter`` ``() -> (unet, vae, alphas_cumprod)``                 ``videocrafter-guidance.pretrained_model_name_or_path``
+================ ===================================================== =============================================
 
-``tokenize`` maps a list of strings to token ids ``[N, 77]``. The ZeroScope names are reserved in the ``text`` family
-too (the tiny / full-size CLIP text stand-ins), so one name can go to both ``system.guidance_video`` and
-``system.prompt_processor_video``, as 4D-fy's configs give both the one hub id.
+``tokenize`` maps a list of strings to token ids ``[N, 77]``. The video names are reserved in the ``text`` family too
+(the tiny / full-size text stand-ins), so one name can go to both ``system.guidance_video`` and
+``system.prompt_processor_video``, as 4D-fy's configs give both the one model name.
 
 Builders are named as ``"module:function"`` and imported only when asked for, so looking a name up is cheap.
 """
@@ -50,10 +51,16 @@ _TABLE: dict[str, dict[str, str]] = {
         "random-init-sd-2-1-text": "fourdfy.stand_ins.full_size:random_sd_text",
         "tiny-random-zeroscope": "fourdfy.stand_ins.text:tiny_clip",
         "random-init-zeroscope-v2-576w": "fourdfy.stand_ins.full_size:random_sd_text",
+        "tiny-random-videocrafter": "fourdfy.stand_ins.videocrafter:tiny_videocrafter_text",
+        "random-init-videocrafter2": "fourdfy.stand_ins.videocrafter:random_videocrafter2_text",
     },
     "zeroscope": {
         "tiny-random-zeroscope": "fourdfy.stand_ins.video:tiny_zeroscope",
         "random-init-zeroscope-v2-576w": "fourdfy.stand_ins.video:random_zeroscope",
+    },
+    "videocrafter": {
+        "tiny-random-videocrafter": "fourdfy.stand_ins.videocrafter:tiny_videocrafter",
+        "random-init-videocrafter2": "fourdfy.stand_ins.videocrafter:random_videocrafter2",
     },
 }
 

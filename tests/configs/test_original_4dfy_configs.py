@@ -2,8 +2,7 @@
 
 ``original_4dfy/*.yaml`` are the key/value trees of the 12 YAML files of 4D-fy (all of them, complete trees, as
 4D-fy ships them). Each must pass the strict parser as it is; the stage-1/2 ones must also train a few steps on CPU
-with tiny stand-in networks, and so must the stage-3 ones (the VideoCrafter2 ones are strict xfails until that
-guidance lands).
+with tiny stand-in networks, and so must the stage-3 ones.
 """
 
 import logging
@@ -86,7 +85,7 @@ SHIPPED_DIFFERENCES = {
 }
 
 
-@pytest.mark.parametrize("name", STAGE_12 + STAGE_3_ZEROSCOPE)
+@pytest.mark.parametrize("name", STAGE_12 + STAGE_3)
 def test_shipped_config_resolves_to_the_original_tree(name):
     ours = _flat(load_raw_config([str(ROOT / "configs" / f"{name}.yaml")], [PROMPT]))
     theirs = _flat(load_raw_config([str(original(name))], [PROMPT]))
@@ -123,10 +122,9 @@ def tiny_overrides(name: str, out: Path) -> list[str]:
           "system.guidance.pretrained_model_name_or_path_lora=tiny-random-sd-v",
           "system.guidance_multi_view.model_name=tiny-random-4view", "system.guidance_multi_view.image_size=64"]  # fmt: skip
     if not raw["data"]["single_view"]["static"]:
-        zeroscope = s["guidance_type_video"] == "zeroscope-guidance"
-        o += [f"system.guidance_video.pretrained_model_name_or_path="
-              f"{'tiny-random-zeroscope' if zeroscope else 'tiny-random-videocrafter'}",
-              "system.prompt_processor_video.pretrained_model_name_or_path=tiny-random-clip",
+        video = "tiny-random-zeroscope" if s["guidance_type_video"] == "zeroscope-guidance" else "tiny-random-videocrafter"
+        o += [f"system.guidance_video.pretrained_model_name_or_path={video}",
+              f"system.prompt_processor_video.pretrained_model_name_or_path={video}",
               "system.prompt_processor_video.spawn=false"]  # fmt: skip
     return o
 
@@ -156,11 +154,7 @@ def test_original_stage_1_2_config_trains_with_tiny_networks(name, tmp_path, cap
         assert frozen == []
 
 
-@pytest.mark.parametrize("name", [
-    *STAGE_3_ZEROSCOPE,
-    *(pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="videocrafter-guidance is not merged yet"))
-      for n in STAGE_3_VC),
-])  # fmt: skip
+@pytest.mark.parametrize("name", STAGE_3)
 def test_original_stage_3_config_builds_and_trains_with_tiny_networks(name, tmp_path):
     trial = train_original(name, tmp_path)
     ckpt = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)

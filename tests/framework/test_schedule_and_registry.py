@@ -42,13 +42,11 @@ def test_registry_kinds_and_duplicates():
         ("videocrafter-prompt-processor", "prompt_processor"), ("stable-diffusion-vsd-guidance", "guidance"),
     ]:  # fmt: skip
         assert find(name, kind, "x").kind == kind
-    # stage 3's video types are recognised (their keys validate) but cannot be built yet
+    # stage 3's video types validate 4D-fy's keys (the LVDM `config` must name VideoCrafter2's yaml)
     from fourdfy.config import parse_config
 
     vc = find("videocrafter-guidance", "guidance", "x")
-    parse_config(vc.Config, {"motion_amp_scale": 30.0, "fps": 8, "config": "x.yaml", "use_hifa": False})
-    with pytest.raises(NotImplementedError, match="stage 3"):
-        vc({"fps": 8})
+    parse_config(vc.Config, {"motion_amp_scale": 30.0, "fps": 8, "config": "configs/inference_t2v_512_v2.0.yaml"})
     with pytest.raises(ConfigError, match="motion_amp_scal"):
         parse_config(vc.Config, {"motion_amp_scal": 30.0}, "system.guidance_video")
     with pytest.raises(ConfigError, match="is a geometry, but this slot needs a renderer"):
