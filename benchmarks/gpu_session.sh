@@ -5,6 +5,7 @@
 #   tests      the whole test suite on the GPU machine (fast paths compared there)
 #   precision  benchmarks/precision.py (every frozen network, every dtype)
 #   stage1     stage 1 at 256^2, this tree and the pre-refactor tree carried in .bench_base/ (same call, same card)
+#   stage1ref  stage 1 at 256^2 at the refactor commit carried in .bench_refactor/
 #   stage2     stage 2 at 256^2
 #   stage3     fourdfy_stage_3 and fourdfy_stage_3_low_vram (ZeroScope)
 #   vc         the VideoCrafter2 UNet per call, fourdfy_stage_3_vc and fourdfy_stage_3_low_vram_vc
@@ -28,6 +29,9 @@ for part in "$@"; do
       run 150 python3 benchmarks/train_step.py --stage 1 --phase late --steps 20 --warmup 5 --tag after --out "$OUT"
       (cd .bench_base && PYTHONPATH=/tmp/site:$PWD run 150 python3 benchmarks/train_step.py --stage 1 --phase late \
         --steps 20 --warmup 5 --tag before --out "$OUT") ;;
+    stage1ref)  # the refactor alone (same random draws as .bench_base, so the same samples per ray)
+      (cd .bench_refactor && PYTHONPATH=/tmp/site:$PWD run 150 python3 benchmarks/train_step.py --stage 1 --phase late \
+        --steps 20 --warmup 5 --tag refactor --out "$OUT") ;;
     stage2) run 200 python3 benchmarks/train_step.py --stage 2 --steps 24 --warmup 6 --out "$OUT" ;;
     stage3)
       run 240 python3 benchmarks/train_step.py --stage 3 --steps 24 --warmup 6 --out "$OUT"
