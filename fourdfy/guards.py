@@ -68,7 +68,7 @@ class DivergenceGuard(pl.Callback):
 
     # -- the checks -------------------------------------------------------------------------------------------
 
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(self, trainer: Any, pl_module: torch.nn.Module, loss: torch.Tensor) -> None:
         if trainer.world_size > 1 or _all_finite([loss.detach()]):
             return
         terms = self._loss_terms(trainer)
@@ -80,7 +80,7 @@ class DivergenceGuard(pl.Callback):
         )  # fmt: skip
 
     def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+        self, trainer: Any, pl_module: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> None:
         if "16-mixed" in str(trainer.precision) and trainer.precision != "bf16-mixed":
             return  # the gradient scaler skips non-finite steps and lowers its scale: expected, not divergence
@@ -93,7 +93,7 @@ class DivergenceGuard(pl.Callback):
             )  # fmt: skip
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Any, pl_module: torch.nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         named = [(n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad]
         bad = _first_non_finite(named)
@@ -124,7 +124,7 @@ class DivergenceGuard(pl.Callback):
     # -- the message --------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _loss_terms(trainer: pl.Trainer) -> str:
+    def _loss_terms(trainer: Any) -> str:
         try:
             metrics = dict(trainer.callback_metrics)
         except Exception:  # noqa: BLE001 (the message must not fail)
@@ -162,7 +162,7 @@ class DivergenceGuard(pl.Callback):
             step = "?"
         return f"The last good checkpoint is kept: {ckpt} (step {step})."
 
-    def _stop(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str, cause: str) -> None:
+    def _stop(self, trainer: Any, pl_module: torch.nn.Module, what: str, cause: str) -> None:
         raise DivergenceError(
             f"training diverged at {what}. Likely cause: {cause}. The run was stopped before saving this state. "
             f"{self._last_good()}"

@@ -50,6 +50,7 @@ QUIET_WARNINGS = (
 def setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="[%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("fourdfy").setLevel(level)  # also when the root logger was configured by someone else
     quiet_lightning(verbose)
 
 
