@@ -25,6 +25,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,7 @@ from omegaconf import OmegaConf
 
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.experiment import load_config
+from fourdfy.trial import TRIAL_RECORD_ENV
 
 logger = logging.getLogger("fourdfy.pipeline")
 
@@ -144,7 +146,12 @@ def run_pipeline(args: argparse.Namespace, extras: list[str]) -> int:
             logger.info("stage %d (%s): training in %s", i + 1, cfg.name, trial)
         full = [sys.executable, "-m", "fourdfy", *cmd, "--train"]
         full += (["--gpu", args.gpu] if args.gpu is not None else []) + (["--verbose"] if args.verbose else [])
-        rc = subprocess.run(full, env=stage_env()).returncode
+        with tempfile.TemporaryDirectory() as tmp:
+            # the stage says which trial folder it used (another launch in the same second makes it `...-1`)
+            record = Path(tmp) / "trial"
+            rc = subprocess.run(full, env={**stage_env(), TRIAL_RECORD_ENV: str(record)}).returncode
+            if record.is_file():
+                trial = Path(record.read_text())
         if rc != 0:
             logger.error("stage %d (%s) failed with exit code %d", i + 1, cfg.name, rc)
             return rc

@@ -28,7 +28,9 @@ from typing import Any, Optional
 from fourdfy.config import ConfigError
 from fourdfy.errors import USER_ERRORS
 from fourdfy.experiment import TIMESTAMP_ENV, ExperimentConfig, load_config
-from fourdfy.trial import TRIAL_DIR_ENV, TrialLog, check_writable_folder, create_trial_dir, write_trial_files
+from fourdfy.trial import (
+    TRIAL_DIR_ENV, TRIAL_RECORD_ENV, TrialLog, check_writable_folder, create_trial_dir, write_trial_files,
+)  # fmt: skip
 
 logger = logging.getLogger("fourdfy")
 
@@ -243,6 +245,8 @@ def claim_trial(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace)
         return trial, False
     trial = create_trial_dir(cfg, resolved)
     os.environ[TRIAL_DIR_ENV] = str(trial)
+    if os.environ.get(TRIAL_RECORD_ENV):
+        Path(os.environ[TRIAL_RECORD_ENV]).write_text(str(trial))
     return trial, True
 
 

@@ -39,6 +39,8 @@ logger = logging.getLogger("fourdfy")
 
 TRIAL_DIR_ENV = "FOURDFY_TRIAL_DIR"
 """Set by rank 0 once the trial folder exists, read by the other ranks of a data-parallel run."""
+TRIAL_RECORD_ENV = "FOURDFY_TRIAL_RECORD"
+"""If set, a training run writes the path of its trial folder to this file (how a pipeline learns it)."""
 PACKAGE_FOLDERS = ("fourdfy", "extern")
 """Folders of the checkout whose untracked source files are snapshotted too."""
 SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".md", ".txt", ".toml", ".cfg", ".sh")

@@ -1,6 +1,7 @@
 """Issue 14, "Data loss and silent damage", items 1, 2, 4, 5, 6, 7: the code snapshot, safe tags, exclusive trial
 folders, ``last.ckpt`` always the newest, resume keeping the trial's first files, stale temporaries removed."""
 
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import launch
 from fourdfy import trial as trial_mod
 from fourdfy.experiment import load_config, safe_tag
-from fourdfy.trial import create_trial_dir, snapshot_code
+from fourdfy.trial import TRIAL_RECORD_ENV, create_trial_dir, snapshot_code
 from fourdfy.utils.checkpoint_io import clean_stale_temporaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,9 +143,14 @@ def two_runs_then_resume(tmp_path_factory):
     first = ["--config", TINY1, "--train", "--gpu", "0", PROMPT, f"exp_root_dir={out}", stamp, "seed=1",
              "trainer.max_steps=2", *QUICK]  # fmt: skip
     assert launch.main(first) == 0
-    assert launch.main(["--config", TINY1, "--train", PROMPT, f"exp_root_dir={out}", stamp, "seed=2",
-                        "trainer.max_steps=2", *QUICK]) == 0  # fmt: skip
+    os.environ[TRIAL_RECORD_ENV] = str(out / "record")  # how a pipeline learns which folder a stage used
+    try:
+        assert launch.main(["--config", TINY1, "--train", PROMPT, f"exp_root_dir={out}", stamp, "seed=2",
+                            "trainer.max_steps=2", *QUICK]) == 0  # fmt: skip
+    finally:
+        del os.environ[TRIAL_RECORD_ENV]
     a, b = sorted((out / "fourdfy_stage_1_tiny").iterdir())
+    assert (out / "record").read_text() == str(b)
     stale = a / "ckpts" / ".last.ckpt.k1ll3d.tmp"
     stale.write_bytes(b"PK half a checkpoint")
     resume = ["--config", str(a / "configs" / "parsed.yaml"), "--train", f"resume={a / 'ckpts' / 'last.ckpt'}",
