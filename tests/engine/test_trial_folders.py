@@ -136,7 +136,8 @@ def test_same_second_launches_get_their_own_folders(tmp_path):
 @pytest.fixture(scope="module")
 def two_runs_then_resume(tmp_path_factory):
     """Two training runs launched "in the same second" (same timestamp, different seeds); then the first is resumed
-    in place with different checkpoint settings (trainer.max_steps, hence every_n_train_steps), after a kill had
+    in place with different checkpoint settings (every_n_train_steps: Lightning then forgets its last.ckpt and
+    would write last-v1.ckpt), after a kill had
     left a checkpoint temporary behind."""
     out = tmp_path_factory.mktemp("runs")
     stamp = "timestamp='@20240101-000000'"
@@ -154,7 +155,7 @@ def two_runs_then_resume(tmp_path_factory):
     stale = a / "ckpts" / ".last.ckpt.k1ll3d.tmp"
     stale.write_bytes(b"PK half a checkpoint")
     resume = ["--config", str(a / "configs" / "parsed.yaml"), "--train", f"resume={a / 'ckpts' / 'last.ckpt'}",
-              "trainer.max_steps=3"]  # fmt: skip
+              "trainer.max_steps=3", "checkpoint.every_n_train_steps=3"]  # fmt: skip
     assert launch.main(resume) == 0
     return SimpleNamespace(a=a, b=b, first=first, resume=resume, stale=stale)
 
