@@ -163,7 +163,7 @@ def _run(
     # per-rank seed: every rank draws its own cameras, times and noise (4D-fy used one seed for all ranks);
     # parameters start equal anyway because DDP broadcasts rank 0's at start-up
     pl.seed_everything(cfg.seed + rank(), workers=True, verbose=False)
-    dm, system = build_parts(cfg, args.verbose)
+    dm, system = build_parts(cfg)
 
     # -- 4. the resumed checkpoint must be this configuration's ---------------------------------------------------
     if ckpt is not None:
@@ -204,7 +204,7 @@ def _run(
     return 0
 
 
-def build_parts(cfg: ExperimentConfig, verbose: bool) -> tuple[Any, Any]:
+def build_parts(cfg: ExperimentConfig) -> tuple[Any, Any]:
     """The data module and the system; an error while building them becomes one user-facing message."""
     from fourdfy.registry import build
 
