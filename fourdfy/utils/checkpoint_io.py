@@ -6,6 +6,7 @@ A run killed while saving leaves the previous ``last.ckpt`` intact instead of a 
 """
 
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,12 +78,20 @@ def read_checkpoint(path: str, key: str = "resume") -> CheckpointSummary:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{key}: {path!r} is empty (0 bytes), not a checkpoint")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
     except Exception as e:  # noqa: BLE001 (zip, pickle and OS errors all mean "cannot read")
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        # torch's own text for a non-pickle file is a long note about weights_only, not about the file
+        detail = type(e).__name__
+        if first and not isinstance(e, pickle.UnpicklingError):
+            detail += f": {first}"
         raise CheckpointError(
-            f"{key}: cannot read {path!r}: the file is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-            f"{first})"
+            f"{key}: cannot read {path!r}: the file is truncated or not a PyTorch checkpoint ({detail})"
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{key}: {path!r} is not a Lightning checkpoint (it has no 'state_dict')")
