@@ -3,7 +3,9 @@
 Configs are written in YAML and merged with command-line ``key=value`` overrides by OmegaConf (interpolations,
 bracket keys such as ``system.optimizer.params[geometry.encoding].lr``). OmegaConf is only the *loader*: the
 resolved tree is then checked against the nested ``Config`` dataclasses by :func:`parse_config`, which fails on
-an unknown key (with a close match), a value of the wrong type or a missing value, always naming the dotted key.
+an unknown key (with a close match), a value of the wrong type, a missing value, a value outside a field's
+``choices`` (:func:`choice`) or range (:func:`ranged`), always naming the dotted key. Every problem found is
+reported, not only the first: one :class:`ConfigError` carries them all, one message per line.
 
 Loading files (``extends:``, ``_replace_``), the experiment schema and trial folders live in
 :mod:`fourdfy.experiment`.
@@ -23,7 +25,24 @@ MISSING_MARK = "???"
 
 
 class ConfigError(ValueError):
-    """A configuration value is unknown, mistyped, missing or invalid. The message names the dotted key."""
+    """A configuration value is unknown, mistyped, missing or invalid. Each message names the dotted key.
+
+    One error may carry several messages (``errors``): the parser collects every problem of a config so that one
+    launch reports them all, one per line. Messages (or other ConfigErrors, whose messages are taken over) are
+    passed positionally: ``ConfigError("a: bad", "b: bad")``.
+    """
+
+    def __init__(self, *messages: Any) -> None:
+        errors: list[str] = []
+        for m in messages:
+            errors.extend(m.errors if isinstance(m, ConfigError) else [str(m)])
+        self.errors = errors
+        super().__init__(*errors)
+
+    def __str__(self) -> str:
+        if len(self.errors) == 1:
+            return self.errors[0]
+        return f"{len(self.errors)} errors in the config:\n" + "\n".join(f"  {e}" for e in self.errors)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -96,12 +115,78 @@ def choice(default: Any, choices: tuple, doc: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"choices": tuple(choices), "doc": doc})
 
 
+def ranged(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: Optional[float | int] = None,
+    gt: Optional[float | int] = None,
+    le: Optional[float | int] = None,
+    lt: Optional[float | int] = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A numeric field whose value must lie in a range (checked by :func:`parse_config`).
+
+    ``ge``/``gt``/``le``/``lt`` are the bounds (>=, >, <=, <). For a list value (e.g. one value per resolution
+    phase) every number of the list is checked; ``None`` passes. Example: ``batch_size: int = ranged(1, ge=1)``.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"range": bounds})
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {
+    "ge": lambda v, b: v >= b,
+    "gt": lambda v, b: v > b,
+    "le": lambda v, b: v <= b,
+    "lt": lambda v, b: v < b,
+}
+
+
+def _numbers(value: Any) -> list:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def check_range(value: Any, bounds: Mapping[str, Any], path: str) -> None:
+    """Raise :class:`ConfigError` ``"<path>: must be >= 1, got 0"`` when a number of ``value`` is out of bounds."""
+    if not bounds:
+        return
+    for v in _numbers(value):
+        if not all(_BOUND_OK[k](v, b) for k, b in bounds.items()):
+            rule = " and ".join(f"{_BOUND_TEXT[k]} {b}" for k, b in bounds.items())
+            where = "" if v is value else f" (in {value!r})"
+            raise ConfigError(f"{path}: must be {rule}, got {v!r}{where}")
+
+
+def check_value(tp: Any, value: Any, path: str, metadata: Optional[Mapping[str, Any]] = None) -> Any:
+    """Parse one value against annotation ``tp`` and the ``choices``/``range`` of a field's ``metadata``."""
+    value = _parse_value(tp, value, path)
+    metadata = metadata or {}
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+        close = did_you_mean(str(value), map(str, choices))
+        raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}.{close}")
+    check_range(value, metadata.get("range") or {}, path)
+    return value
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The parser
 # --------------------------------------------------------------------------------------------------------------
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -118,6 +203,10 @@ def _parse_value(tp: Any, value: Any, path: str) -> Any:
         return _parse_value(args[0], value, path)
     if tp is Any or tp is object:
         return value
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(f"{path}: {value!r} is not one of {list(args)}.{did_you_mean(str(value), map(str, args))}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -163,33 +252,48 @@ def _parse_value(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         if args:
-            return {k: _parse_value(args[1], v, join_path(path, k)) for k, v in value.items()}
+            return dict(zip(value, _parse_all([(args[1], v, join_path(path, k)) for k, v in value.items()])))
         return dict(value)
     if tp is list or origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         if args:
-            return [_parse_value(args[0], v, join_path(path, i)) for i, v in enumerate(value)]
+            return _parse_all([(args[0], v, join_path(path, i)) for i, v in enumerate(value)])
         return list(value)
     if tp is tuple or origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         if args and args[-1] is Ellipsis:
-            return tuple(_parse_value(args[0], v, join_path(path, i)) for i, v in enumerate(value))
+            return tuple(_parse_all([(args[0], v, join_path(path, i)) for i, v in enumerate(value)]))
         if args:
             if len(value) != len(args):
                 raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
-            return tuple(_parse_value(a, v, join_path(path, i)) for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_parse_all([(a, v, join_path(path, i)) for i, (a, v) in enumerate(zip(args, value))]))
         return tuple(value)
     raise TypeError(f"{path}: unsupported annotation {tp!r} in a Config dataclass")
+
+
+def _parse_all(items: list[tuple[Any, Any, str]]) -> list:
+    """Parse ``(annotation, value, path)`` items; if some fail, raise one error holding all their messages."""
+    out, errors = [], []
+    for tp, value, path in items:
+        try:
+            out.append(_parse_value(tp, value, path))
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigError(*errors)
+    return out
 
 
 def parse_config(cls: type[T], data: Any, path: str = "") -> T:
     """Validate ``data`` against the dataclass ``cls`` and build an instance.
 
     Unknown keys, values of the wrong type, missing values (no default, or OmegaConf's ``???``) and values
-    outside a field's ``choices`` raise :class:`ConfigError` naming the dotted key (``path`` is the prefix), with
-    a close match for typos. Errors raised by the dataclass's ``__post_init__`` are re-raised with the path.
+    outside a field's ``choices`` or range (:func:`ranged`) raise :class:`ConfigError` naming the dotted key
+    (``path`` is the prefix), with a close match for typos. All such problems of the section, nested sections
+    included, are collected into one error. ``__post_init__`` runs only when the fields are valid; its errors are
+    re-raised with the path.
 
     Args:
         cls: a dataclass (typically a module's nested ``Config``).
@@ -209,9 +313,10 @@ def parse_config(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{path or '<root>'}: expected a mapping of keys for {cls.__qualname__}, got {data!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    errors: list[Any] = []
     for key in data:
         if key not in fields:
-            raise ConfigError(
+            errors.append(
                 f"{join_path(path, str(key))}: unknown key for {cls.__qualname__}.{did_you_mean(str(key), fields)}"
                 f" Valid keys: {', '.join(sorted(fields))}."
             )
@@ -219,16 +324,19 @@ def parse_config(cls: type[T], data: Any, path: str = "") -> T:
     for name, f in fields.items():
         key_path = join_path(path, name)
         if name in data:
-            value = _parse_value(hints[name], data[name], key_path)
-            choices = f.metadata.get("choices")
-            if choices is not None and value not in choices:
-                raise ConfigError(f"{key_path}: {value!r} is not one of {list(choices)}.{did_you_mean(str(value), map(str, choices))}")
-            kwargs[name] = value
+            try:
+                kwargs[name] = check_value(hints[name], data[name], key_path, f.metadata)
+            except ConfigError as e:
+                errors.append(e)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key_path}: missing value (no default). Set it in the config or as {key_path}=...")
+            errors.append(f"{key_path}: missing value (no default). Set it in the config or as {key_path}=...")
+    if errors:
+        raise ConfigError(*errors)  # every problem of this section (and of nested sections) at once
     try:
         return cls(**kwargs)
-    except (ConfigError, ValueError, TypeError) as e:
+    except ConfigError as e:
+        raise ConfigError(*[_prefix_message(path, m) for m in e.errors]) from None
+    except (ValueError, TypeError) as e:
         raise ConfigError(_prefix_message(path, str(e))) from None
 
 

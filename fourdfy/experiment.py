@@ -10,17 +10,17 @@ in order. Command-line ``key=value`` overrides are merged last, *before* interpo
 
 import dataclasses
 import datetime
-import inspect
+import hashlib
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fourdfy.config import ConfigError, child_slot, did_you_mean, parse_config
+from fourdfy.config import ConfigError, check_value, child_slot, child_slots, did_you_mean, join_path, parse_config
 
 REPLACE_MARK = "_replace_"
 EXTENDS_KEY = "extends"
@@ -112,12 +112,15 @@ def load_yaml_tree(path: str | Path, _seen: tuple = ()) -> dict:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Every extra command-line token must be ``key=value``; unknown ``--flags`` are rejected."""
+    """Every extra command-line token must be ``key=value``; unknown ``--flags`` are rejected (all at once)."""
+    errors = []
     for token in overrides:
         if token.startswith("-"):
-            raise ConfigError(f"unknown command-line flag {token!r} (overrides are written key=value, without dashes)")
-        if "=" not in token:
-            raise ConfigError(f"cannot read the override {token!r}: write it as key=value, e.g. seed=1")
+            errors.append(f"unknown command-line flag {token!r} (overrides are written key=value, without dashes)")
+        elif "=" not in token:
+            errors.append(f"cannot read the override {token!r}: write it as key=value, e.g. seed=1")
+    if errors:
+        raise ConfigError(*errors)
 
 
 def load_raw_config(paths: list[str], overrides: list[str], n_gpus: int = 1) -> dict:
@@ -134,15 +137,17 @@ def load_raw_config(paths: list[str], overrides: list[str], n_gpus: int = 1) -> 
     for p in paths:
         tree = merge_trees(tree, load_yaml_tree(p))
     check_overrides(overrides)
-    cli = []
+    cli, errors = [], []
     for token in overrides:
         try:
             cli.append(OmegaConf.from_dotlist([token]))
         except Exception as e:  # yaml.YAMLError or an OmegaConf grammar error
             key, value = token.split("=", 1)
-            raise ConfigError(
+            errors.append(
                 f"{key}: cannot read the value {value!r} ({type(e).__name__}); quote it, e.g. {key}='{value}'"
-            ) from None
+            )
+    if errors:
+        raise ConfigError(*errors)
     try:
         cfg = OmegaConf.create(tree)
         cfg = OmegaConf.merge(cfg, *cli, {"n_gpus": n_gpus})
@@ -160,6 +165,44 @@ def load_raw_config(paths: list[str], overrides: list[str], n_gpus: int = 1) -> 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Trial names: safe, bounded path components
+# --------------------------------------------------------------------------------------------------------------
+
+TAG_MAX_BYTES = 120
+"""Longest tag kept whole (UTF-8 bytes); a longer one is cut and ends in a short hash of the whole prompt."""
+TRIAL_NAME_MAX_BYTES = 200
+"""File systems allow 255 bytes per name; the rest is left for ``@timestamp`` and a ``-N`` collision suffix."""
+_UNSAFE_TAG_CHARS = re.compile(r"[^\w\-.,+]")
+
+
+def safe_tag(tag: str) -> str:
+    """A trial-name prefix that is one safe, bounded folder name.
+
+    Spaces become ``_`` (4D-fy's ``a_panda_dancing``), as does every character other than letters, digits and
+    ``_-.,+`` (so ``/`` cannot nest folders and ``..`` cannot climb out of ``exp_root_dir``); leading dots become
+    ``_`` (no hidden or ``..`` names). A tag longer than :data:`TAG_MAX_BYTES` is cut and gets ``-<md5[:8]>`` of the
+    whole tag, so two long prompts that differ only at the end still get different folders. Idempotent.
+    """
+    safe = _UNSAFE_TAG_CHARS.sub("_", tag)
+    safe = re.sub(r"^\.+", lambda m: "_" * len(m.group()), safe)
+    if len(safe.encode()) > TAG_MAX_BYTES:
+        digest = hashlib.md5(tag.encode()).hexdigest()[:8]
+        cut = safe
+        while len(cut.encode()) > TAG_MAX_BYTES - len(digest) - 1:
+            cut = cut[:-1]
+        safe = f"{cut}-{digest}"
+    return safe
+
+
+def _check_folder_name(value: str, key: str) -> None:
+    """``value`` must be usable as one folder name inside ``exp_root_dir``."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ConfigError(f"{key}: {value!r} is not a folder name (no '/', not '.' or '..')")
+    if len(value.encode()) > TRIAL_NAME_MAX_BYTES:
+        raise ConfigError(f"{key}: {value[:40]!r}... is {len(value.encode())} bytes; at most {TRIAL_NAME_MAX_BYTES}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The experiment schema
 # --------------------------------------------------------------------------------------------------------------
 
@@ -173,7 +216,8 @@ class ExperimentConfig:
     description: str = ""
     """Free text, stored in parsed.yaml."""
     tag: str = ""
-    """Trial name prefix; 4D-fy's configs set it to the prompt with spaces replaced by ``_``."""
+    """Trial name prefix; 4D-fy's configs set it to the prompt with spaces replaced by ``_``. Made a safe folder
+    name by :func:`safe_tag` (other unsafe characters become ``_``, long prompts are cut)."""
     seed: int = 0
     """Global seed (ranks derive their own, see ``fourdfy.systems.base``)."""
     use_timestamp: bool = True
@@ -181,13 +225,14 @@ class ExperimentConfig:
     timestamp: Optional[str] = None
     """The suffix actually used; stored in parsed.yaml so relaunching from it reuses the trial folder."""
     exp_root_dir: str = "outputs"
-    """Root folder of all experiments."""
+    """Root folder of all experiments; nothing is written outside it (except the text-embedding cache)."""
     exp_dir: str = ""
     """Computed: ``{exp_root_dir}/{name}`` (accepted in input so parsed.yaml reloads; always recomputed)."""
     trial_name: str = ""
     """Computed: ``{tag}{timestamp}``."""
     trial_dir: str = ""
-    """Computed: ``{exp_dir}/{trial_name}``."""
+    """Computed: ``{exp_dir}/{trial_name}``. A new training run never shares it: if the folder exists (two
+    launches in the same second) the run gets ``{trial_dir}-1``, ``-2``... (see ``fourdfy.trial``)."""
     n_gpus: int = 1
     """Number of GPUs, set from ``--gpu``."""
     resume: Optional[str] = None
@@ -201,48 +246,220 @@ class ExperimentConfig:
     system: dict = child_slot("system", "system_type")
     """Config of the system."""
     trainer: dict = dataclasses.field(default_factory=dict)
-    """Keyword arguments of ``pytorch_lightning.Trainer`` (checked against its signature)."""
+    """Keyword arguments of ``pytorch_lightning.Trainer`` (names and common types checked, see ``TRAINER_ARGS``)."""
     checkpoint: dict = dataclasses.field(default_factory=dict)
-    """Keyword arguments of the ``ModelCheckpoint`` callback (checked against its signature)."""
+    """Keyword arguments of the ``ModelCheckpoint`` callback (see ``CHECKPOINT_ARGS``)."""
 
     def __post_init__(self) -> None:
         if not self.tag and not self.use_timestamp:
             raise ConfigError("tag: either tag must be set or use_timestamp must be true")
+        self.tag = safe_tag(self.tag)
         if self.timestamp is None:
             self.timestamp = datetime.datetime.now().strftime("@%Y%m%d-%H%M%S") if self.use_timestamp else ""
+        if not self.exp_root_dir:
+            raise ConfigError("exp_root_dir: must not be empty")
+        _check_folder_name(self.name, "name")
         self.exp_dir = os.path.join(self.exp_root_dir, self.name)
         self.trial_name = self.tag + self.timestamp
+        _check_folder_name(self.trial_name, "timestamp" if self.timestamp and "/" in self.timestamp else "tag")
         self.trial_dir = os.path.join(self.exp_dir, self.trial_name)
 
 
-def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], path: str, exclude: tuple = ()) -> None:
-    """Fail when ``kwargs`` holds a name that ``fn`` does not accept (pass-through config sections)."""
-    params = inspect.signature(fn).parameters
-    names = [n for n in params if n not in ("self", "args", "kwargs")]
-    for key in kwargs:
+# --------------------------------------------------------------------------------------------------------------
+# Pass-through sections: Trainer and ModelCheckpoint keyword arguments
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _arg(tp: Any = Any, **metadata: Any) -> tuple[Any, dict]:
+    if "range" not in metadata:
+        bounds = {k: metadata.pop(k) for k in ("ge", "gt", "le", "lt") if k in metadata}
+        metadata["range"] = bounds
+    return tp, metadata
+
+
+_PRECISION = Literal[
+    64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16",
+    "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true",
+]  # fmt: skip
+_COUNT = Union[int, float]
+
+TRAINER_ARGS: dict[str, tuple[Any, dict]] = {
+    # what 4D-fy's configs and README set, typed and bounded
+    "max_steps": _arg(int, ge=1),
+    "log_every_n_steps": _arg(Optional[int], ge=1),
+    "num_sanity_val_steps": _arg(Optional[int], ge=-1),
+    "val_check_interval": _arg(Optional[_COUNT], gt=0),
+    "check_val_every_n_epoch": _arg(Optional[int], ge=1),
+    "enable_progress_bar": _arg(Optional[bool]),
+    "enable_checkpointing": _arg(Optional[bool]),
+    "enable_model_summary": _arg(Optional[bool]),
+    "precision": _arg(Optional[_PRECISION]),
+    "accumulate_grad_batches": _arg(int, ge=1),
+    "gradient_clip_val": _arg(Optional[_COUNT], ge=0),
+    "gradient_clip_algorithm": _arg(Optional[Literal["norm", "value"]]),
+    "max_epochs": _arg(Optional[int], ge=-1),
+    "min_epochs": _arg(Optional[int], ge=0),
+    "min_steps": _arg(Optional[int], ge=-1),
+    "limit_train_batches": _arg(Optional[_COUNT], ge=0),
+    "limit_val_batches": _arg(Optional[_COUNT], ge=0),
+    "limit_test_batches": _arg(Optional[_COUNT], ge=0),
+    "limit_predict_batches": _arg(Optional[_COUNT], ge=0),
+    "overfit_batches": _arg(_COUNT, ge=0),
+    "fast_dev_run": _arg(Union[bool, int], ge=0),
+    "num_nodes": _arg(int, ge=1),
+    "deterministic": _arg(Optional[Union[bool, Literal["warn"]]]),
+    "benchmark": _arg(Optional[bool]),
+    "detect_anomaly": _arg(bool),
+    "inference_mode": _arg(bool),
+    "use_distributed_sampler": _arg(bool),
+    "sync_batchnorm": _arg(bool),
+    "barebones": _arg(bool),
+    "reload_dataloaders_every_n_epochs": _arg(int, ge=0),
+    "enable_autolog_hparams": _arg(bool),
+    # accepted as given (checked by Lightning when the trainer is built, before anything is written)
+    "accelerator": _arg(),
+    "strategy": _arg(),
+    "devices": _arg(),
+    "max_time": _arg(),
+    "profiler": _arg(),
+    "plugins": _arg(),
+    "model_registry": _arg(),
+    # set by fourdfy itself
+    "logger": _arg(),
+    "callbacks": _arg(),
+    "default_root_dir": _arg(),
+}
+"""Every keyword argument of ``pytorch_lightning.Trainer`` 2.6 (a test keeps this list equal to the installed
+Lightning's signature), with the type and range checked when the config is parsed: checking a config does not import
+Lightning."""
+TRAINER_SET_BY_FOURDFY = ("callbacks", "logger", "default_root_dir")
+
+CHECKPOINT_ARGS: dict[str, tuple[Any, dict]] = {
+    "filename": _arg(Optional[str]),
+    "monitor": _arg(Optional[str]),
+    "verbose": _arg(bool),
+    "save_last": _arg(Optional[Union[bool, Literal["link"]]]),
+    "save_top_k": _arg(int, ge=-1),
+    "save_on_exception": _arg(bool),
+    "save_weights_only": _arg(bool),
+    "mode": _arg(Literal["min", "max"]),
+    "auto_insert_metric_name": _arg(bool),
+    "every_n_train_steps": _arg(Optional[int], ge=0),
+    "train_time_interval": _arg(),
+    "every_n_epochs": _arg(Optional[int], ge=0),
+    "save_on_train_epoch_end": _arg(Optional[bool]),
+    "enable_version_counter": _arg(bool),
+    "dirpath": _arg(),
+}
+"""Every keyword argument of ``ModelCheckpoint`` 2.6, typed like :data:`TRAINER_ARGS`."""
+CHECKPOINT_SET_BY_FOURDFY = ("dirpath", "enable_version_counter")
+"""``enable_version_counter`` is always false: ``last.ckpt`` is overwritten, never forked into ``last-v1.ckpt``."""
+
+
+def check_section(
+    kwargs: Any, table: Mapping[str, tuple[Any, dict]], path: str, exclude: tuple = ()
+) -> list[str | ConfigError]:
+    """Problems of a pass-through section (unknown names with a close match, names fourdfy sets, bad values)."""
+    if not isinstance(kwargs, Mapping):
+        return [f"{path}: expected a mapping of keyword arguments, got {kwargs!r}"]
+    errors: list[str | ConfigError] = []
+    names = [n for n in table if n not in exclude]
+    for key, value in kwargs.items():
+        key_path = join_path(path, str(key))
         if key in exclude:
-            raise ConfigError(f"{path}.{key}: set by fourdfy itself; it cannot be configured here.")
-        if key not in params:
-            raise ConfigError(f"{path}.{key}: unknown key.{did_you_mean(key, names)} Valid keys: {', '.join(names)}.")
+            errors.append(f"{key_path}: set by fourdfy itself; it cannot be configured here.")
+        elif key not in table:
+            errors.append(f"{key_path}: unknown key.{did_you_mean(str(key), names)} Valid keys: {', '.join(names)}.")
+        else:
+            tp, metadata = table[key]
+            try:
+                check_value(tp, value, key_path, metadata)
+            except ConfigError as e:
+                errors.append(e)
+    return errors
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validating the whole tree, every error at once
+# --------------------------------------------------------------------------------------------------------------
+
+
+def validate_tree(kind: str, name: Any, raw: Any, path: str) -> None:
+    """Parse a config slice and every child slot it names (recursively) without building anything, and raise one
+    :class:`ConfigError` with every problem found. A child slot is still checked when its parent has errors
+    elsewhere, so three typos in three modules give three messages."""
+    from fourdfy.registry import find
+
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: the type name must be a string, got {name!r}")
+    cls = find(name, kind, path)
+    errors: list[Any] = []
+    cfg = None
+    try:
+        cfg = parse_config(cls.Config, raw, path)
+    except ConfigError as e:
+        errors.append(e)
+        # the children are still checked, with the config parsed without the faulty keys (its __post_init__ may
+        # fill the children in, e.g. copy the prompt); if even that fails, they are not checked
+        cfg = _parse_without(cls.Config, raw, path, e.errors)
+    for slot, type_field, child_kind, optional in child_slots(cls.Config):
+        if cfg is None:
+            break
+        child_name, child_raw = getattr(cfg, type_field), getattr(cfg, slot)
+        if not child_name:
+            if not optional:
+                errors.append(
+                    f"{join_path(path, type_field)}: missing type name for `{slot}` (a registered {child_kind} type)."
+                )
+            continue
+        try:
+            validate_tree(child_kind, child_name, child_raw, join_path(path, slot))
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigError(*errors)
+
+
+def _parse_without(cls: type, raw: Any, path: str, messages: list[str]) -> Any:
+    """``cls`` parsed from ``raw`` minus the keys the ``messages`` name, or None."""
+    if not isinstance(raw, Mapping):
+        return None
+    prefix = f"{path}." if path else ""
+    bad = set()
+    for m in messages:
+        key = m.split(": ", 1)[0]
+        if key.startswith(prefix):
+            bad.add(re.split(r"[.\[]", key[len(prefix):], maxsplit=1)[0])
+    try:
+        return parse_config(cls, {k: v for k, v in raw.items() if k not in bad}, path)
+    except ConfigError:
+        return None
 
 
 def parse_experiment(raw: dict) -> ExperimentConfig:
     """Parse and validate the whole tree: the experiment keys, the trainer/checkpoint sections, the data module
-    and the system with all their parts. Nothing is built."""
-    from pytorch_lightning import Trainer
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from fourdfy.registry import validate
-
-    cfg = parse_config(ExperimentConfig, raw, "")
-    check_kwargs(Trainer.__init__, cfg.trainer, "trainer", exclude=("callbacks", "logger", "default_root_dir"))
-    check_kwargs(ModelCheckpoint.__init__, cfg.checkpoint, "checkpoint", exclude=("dirpath",))
-    if not cfg.data_type:
-        raise ConfigError("data_type: missing (a registered datamodule type)")
-    if not cfg.system_type:
-        raise ConfigError("system_type: missing (a registered system type)")
-    validate("datamodule", cfg.data_type, cfg.data, "data")
-    validate("system", cfg.system_type, cfg.system, "system")
+    and the system with all their parts. Nothing is built, and Lightning is not imported. Every problem found is
+    reported in one :class:`ConfigError`."""
+    errors: list[Any] = []
+    cfg = None
+    try:
+        cfg = parse_config(ExperimentConfig, raw, "")
+    except ConfigError as e:
+        errors.append(e)
+    for kind, type_key, slot in (("datamodule", "data_type", "data"), ("system", "system_type", "system")):
+        name = raw.get(type_key)
+        if not name:
+            errors.append(f"{type_key}: missing (a registered {kind} type)")
+            continue
+        try:
+            validate_tree(kind, name, raw.get(slot), slot)
+        except ConfigError as e:
+            errors.append(e)
+    errors += check_section(raw.get("trainer") or {}, TRAINER_ARGS, "trainer", TRAINER_SET_BY_FOURDFY)
+    errors += check_section(raw.get("checkpoint") or {}, CHECKPOINT_ARGS, "checkpoint", CHECKPOINT_SET_BY_FOURDFY)
+    if errors:
+        raise ConfigError(*errors)
+    assert cfg is not None
     return cfg
 
 
@@ -251,7 +468,7 @@ def load_config(paths: list[str], overrides: list[str] = (), n_gpus: int = 1) ->
     raw = load_raw_config(list(paths), list(overrides), n_gpus)
     cfg = parse_experiment(raw)
     # parsed.yaml stores the computed fields, so relaunching from it reuses the same trial folder
-    for key in ("timestamp", "exp_dir", "trial_name", "trial_dir"):
+    for key in ("tag", "timestamp", "exp_dir", "trial_name", "trial_dir"):
         raw[key] = getattr(cfg, key)
     return cfg, raw
 

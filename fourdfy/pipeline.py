@@ -8,8 +8,8 @@ A pipeline file lists stage configs (paths relative to the file) and optional pe
 
 Every stage gets the command-line overrides, and every stage after the first gets
 ``system.weights=<previous stage's trial>/ckpts/last.ckpt``. All stage configs are validated before the first
-stage starts. Each stage runs in its own process (``launch.py --config ... --train``), so a data-parallel stage
-starts its ranks cleanly.
+stage starts (every error of every stage reported at once). Each stage runs in its own process
+(``python -m fourdfy --config ... --train``), so a data-parallel stage starts its ranks cleanly.
 
 On a rerun, a stage whose finished trial already exists is skipped and its checkpoint handed on. A trial counts as
 finished when its ``last.ckpt`` reached ``trainer.max_steps`` and its test video exists, and it matches when its
@@ -22,8 +22,10 @@ import argparse
 import dataclasses
 import datetime
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -32,11 +34,13 @@ from omegaconf import OmegaConf
 
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.experiment import load_config
+from fourdfy.trial import TRIAL_RECORD_ENV
 
 logger = logging.getLogger("fourdfy.pipeline")
 
 VOLATILE_KEYS = ("timestamp", "exp_dir", "trial_name", "trial_dir", "n_gpus", "resume")
-LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+"""Put on the stages' ``PYTHONPATH`` so ``python -m fourdfy`` imports this very package from any working folder."""
 
 
 @dataclasses.dataclass
@@ -59,7 +63,10 @@ def load_pipeline(path: str) -> tuple[PipelineConfig, list[str]]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"pipeline file not found: {path}")
-    tree = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+    except Exception as e:  # yaml and OmegaConf errors
+        raise ConfigError(f"{path}: cannot read YAML: {e}") from None
     pipe = parse_config(PipelineConfig, tree, "pipeline")
     if not pipe.stages:
         raise ConfigError(f"{path}: `stages` is empty")
@@ -94,15 +101,29 @@ def find_trial(cfg, raw: dict) -> tuple[Optional[Path], bool]:
     return None, False
 
 
+def stage_env() -> dict[str, str]:
+    """The environment of a stage process: this one's, with this package importable."""
+    env = dict(os.environ)
+    paths = [PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 def run_pipeline(args: argparse.Namespace, extras: list[str]) -> int:
     """Run (or skip) each stage; returns the first failing stage's exit code, else 0."""
     if not args.train:
         raise ConfigError("--pipeline runs training: add --train")
     pipe, paths = load_pipeline(args.pipeline)
     # validate every stage before running any (a placeholder stands for checkpoints not written yet)
+    errors = []
     for i, path in enumerate(paths):
         weights = ["system.weights=<previous stage>/ckpts/last.ckpt"] if i > 0 else []
-        load_config([path], [*pipe.stages[i].overrides, *extras, *weights])
+        try:
+            load_config([path], [*pipe.stages[i].overrides, *extras, *weights])
+        except ConfigError as e:
+            errors += [f"stage {i + 1} ({pipe.stages[i].config}): {m}" for m in e.errors]
+    if errors:
+        raise ConfigError(*errors)
     previous: Optional[Path] = None
     for i, (stage, path) in enumerate(zip(pipe.stages, paths)):
         overrides = [*stage.overrides, *extras]
@@ -123,8 +144,14 @@ def run_pipeline(args: argparse.Namespace, extras: list[str]) -> int:
             cfg, _ = load_config([path], [*overrides, f"timestamp='{stamp}'"])
             trial = Path(cfg.trial_dir)
             logger.info("stage %d (%s): training in %s", i + 1, cfg.name, trial)
-        full = [sys.executable, str(LAUNCH), *cmd, "--train", "--gpu", args.gpu] + (["--verbose"] if args.verbose else [])
-        rc = subprocess.run(full).returncode
+        full = [sys.executable, "-m", "fourdfy", *cmd, "--train"]
+        full += (["--gpu", args.gpu] if args.gpu is not None else []) + (["--verbose"] if args.verbose else [])
+        with tempfile.TemporaryDirectory() as tmp:
+            # the stage says which trial folder it used (another launch in the same second makes it `...-1`)
+            record = Path(tmp) / "trial"
+            rc = subprocess.run(full, env={**stage_env(), TRIAL_RECORD_ENV: str(record)}).returncode
+            if record.is_file():
+                trial = Path(record.read_text())
         if rc != 0:
             logger.error("stage %d (%s) failed with exit code %d", i + 1, cfg.name, rc)
             return rc

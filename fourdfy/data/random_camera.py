@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from fourdfy.config import ConfigError, choice
+from fourdfy.config import ConfigError, choice, ranged
 from fourdfy.data import cameras as cam
 from fourdfy.data.batch import BatchKind, CameraBatch
 
@@ -17,18 +17,18 @@ from fourdfy.data.batch import BatchKind, CameraBatch
 class RandomCameraConfig:
     """Random-camera settings (``data.single_view``); defaults are 4D-fy's, configs override most of them."""
 
-    height: Union[int, list[int]] = 64
+    height: Union[int, list[int]] = ranged(64, ge=1)
     """Training image height, or one value per resolution phase (see ``resolution_milestones``)."""
-    width: Union[int, list[int]] = 64
+    width: Union[int, list[int]] = ranged(64, ge=1)
     """Training image width, or one value per phase."""
-    batch_size: Union[int, list[int]] = 1
+    batch_size: Union[int, list[int]] = ranged(1, ge=1)
     """Cameras per batch, or one value per phase."""
     resolution_milestones: list[int] = dataclasses.field(default_factory=list)
     """Steps at which the next phase starts (the switch happens at the milestone step, inclusive)."""
-    eval_height: int = 512
-    eval_width: int = 512
-    n_val_views: int = 1
-    n_test_views: int = 120
+    eval_height: int = ranged(512, ge=1)
+    eval_width: int = ranged(512, ge=1)
+    n_val_views: int = ranged(1, ge=1)
+    n_test_views: int = ranged(120, ge=1)
     elevation_range: tuple[float, float] = (-10.0, 90.0)
     """Degrees."""
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
@@ -51,18 +51,18 @@ class RandomCameraConfig:
     """Stratify azimuths over the batch."""
     static: bool = True
     """Static scene (stages 1-2): one time, 0."""
-    num_frames: int = 1
+    num_frames: int = ranged(1, ge=1)
     """Frames per video clip (dynamic stages)."""
     sample_rand_frames: Optional[str] = choice(None, (None, "t0"), "'t0': clips start at t0 ~ U[0, 1/N).")
     simultan: bool = False
     """Dynamic stages: the single-view branch may draw video clips."""
     prob_single_view_video: Optional[float] = None
     """Probability that a single-view batch is a video clip (when ``simultan``)."""
-    width_vid: int = 64
+    width_vid: int = ranged(64, ge=1)
     """Video clip render width."""
-    height_vid: int = 64
+    height_vid: int = ranged(64, ge=1)
     """Video clip render height."""
-    num_frames_factor: int = 1
+    num_frames_factor: int = ranged(1, ge=1)
     """Evaluation renders ``num_frames * num_frames_factor`` times."""
     test_traj: Optional[str] = choice(None, (None, "motion_smooth", "motion_smooth_full"), "Dynamic test path.")
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from fourdfy.config import ConfigError
+from fourdfy.config import ConfigError, ranged
 from fourdfy.data import cameras as cam
 from fourdfy.data.batch import BatchKind, CameraBatch
 from fourdfy.data.random_camera import RandomCameraConfig, RandomCameraSampler
@@ -16,7 +16,7 @@ class RandomMultiviewCameraConfig(RandomCameraConfig):
 
     relative_radius: bool = True
     """Scale the camera distance with the field of view (MVDream); 4D-fy's configs set false."""
-    n_view: int = 1
+    n_view: int = ranged(1, ge=1)
     """Views per object (4 for MVDream); ``batch_size`` must be a multiple of it."""
     zoom_range: tuple[float, float] = (1.0, 1.0)
     """Random zoom applied to the field of view."""

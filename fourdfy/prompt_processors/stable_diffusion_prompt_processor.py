@@ -1,6 +1,7 @@
 """``stable-diffusion-prompt-processor``: CLIP text embeddings (last hidden state, ``[77, 1024]`` for SD 2.x)."""
 
 import logging
+import os
 
 import torch
 from torch import Tensor
@@ -20,11 +21,24 @@ SD2_HELP = (
 )
 
 
+def looks_like_local_path(model: str) -> bool:
+    """A hub id is ``name`` or ``namespace/name``; anything absolute, relative (``./``, ``../``, ``~``) or with more
+    than one ``/`` is meant as a local folder."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
 def load_clip_text_encoder(model: str, key: str, help_text: str = SD2_HELP):
     """Tokenizer and ``CLIPTextModel`` from a hub id or a local diffusers folder; clear error when absent
     (``help_text``, formatted with ``key``, says where to get the weights)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    model = os.path.expanduser(model)
+    if looks_like_local_path(model) and not os.path.isdir(model):
+        what = "is a file, not a diffusers folder" if os.path.exists(model) else "does not exist"
+        raise MissingWeightsError(
+            f"{key}: the local folder {model!r} {what} (it needs tokenizer/ and text_encoder/ inside). "
+            + help_text.format(key=key)
+        )
     try:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from fourdfy.config import ConfigError, child_slot, choice
+from fourdfy.config import ConfigError, child_slot, choice, ranged
 from fourdfy.data.batch import CameraBatch
 from fourdfy.registry import register
 from fourdfy.renderers.base import RenderOutput, Renderer
@@ -75,15 +75,15 @@ class NeRFVolumeRenderer(Renderer):
 
     @dataclasses.dataclass
     class Config(Renderer.Config):
-        num_samples_per_ray: int = 512
+        num_samples_per_ray: int = ranged(512, ge=1)
         """Sets the step size ``sqrt(3) * 2 * radius / num_samples_per_ray``."""
         randomized: bool = True
         """Stratified sampling during training."""
-        eval_chunk_size: int = 160000
+        eval_chunk_size: int = ranged(160000, ge=1)
         """Rays per chunk in evaluation."""
         prune_alpha_threshold: bool = True
         """Drop samples with opacity < 0.01 (or the grid's mean occupancy, if lower) before shading."""
-        occ_grid_res: int = 32
+        occ_grid_res: int = ranged(32, ge=1)
         """Occupancy grid resolution."""
 
 
@@ -192,8 +192,8 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
 
     @dataclasses.dataclass
     class Config(Renderer.Config):
-        num_samples_per_ray: int = 512
-        eval_chunk_size: int = 160000
+        num_samples_per_ray: int = ranged(512, ge=1)
+        eval_chunk_size: int = ranged(160000, ge=1)
         randomized: bool = True
         near_plane: float = 0.0
         far_plane: float = 1e10

@@ -48,9 +48,13 @@ class OptimizerConfig:
             where = f"params[{path}]" if "." in path else f"params.{path}"
             if not isinstance(options, dict):
                 raise ConfigError(f"{where}: expected a mapping of group options such as {{lr: 0.01}}")
-            for opt in options:
+            for opt, value in options.items():
                 if opt not in valid or opt in ("self", "params"):
                     raise ConfigError(f"{where}.{opt}: not an option of torch.optim.{self.name}.{did_you_mean(opt, valid)}")
+                default = valid[opt].default  # a numeric default (lr, weight_decay...) takes a number
+                if isinstance(default, (int, float)) and not isinstance(default, bool):
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise ConfigError(f"{where}.{opt}: expected a number, got {value!r}")
 
 
 def optimizer_class(name: str, key: str) -> type:

@@ -2,11 +2,11 @@
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pytest
 
-from fourdfy.config import ConfigError, Scheduled, parse_config
+from fourdfy.config import ConfigError, Scheduled, parse_config, ranged
 from fourdfy.experiment import load_config, load_yaml_tree, merge_trees
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,53 @@ def test_bad_values_fail_with_path(data, fragment):
     with pytest.raises(ConfigError) as e:
         parse_config(Outer, data, "sys")
     assert fragment in str(e.value)
+
+
+def test_every_error_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        parse_config(Outer, {"inner": {"raduis": 2, "steps": "x"}, "pair": [1], "bogus": 1}, "sys")
+    assert [m.split(":")[0] for m in e.value.errors] == [
+        "sys.bogus", "sys.inner.raduis", "sys.inner.steps", "sys.pair", "sys.required",
+    ]  # fmt: skip
+    assert "Did you mean 'radius'" in e.value.errors[1]
+    assert str(e.value).splitlines()[0] == "5 errors in the config:" and len(str(e.value).splitlines()) == 6
+
+
+@dataclasses.dataclass
+class Sized:
+    n: int = ranged(1, ge=1)
+    sizes: Union[int, list[int]] = ranged(8, ge=1)
+    p: float = ranged(0.5, ge=0, le=1)
+    step: Optional[float] = ranged(None, gt=0)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"n": 0}, "s.n: must be >= 1, got 0"),
+        ({"sizes": -32}, "s.sizes: must be >= 1, got -32"),
+        ({"sizes": [8, 0]}, "s.sizes: must be >= 1, got 0 (in [8, 0])"),
+        ({"p": 1.5}, "s.p: must be >= 0 and <= 1, got 1.5"),
+        ({"step": 0}, "s.step: must be > 0, got 0.0"),
+    ],
+)
+def test_ranges_are_checked(data, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(Sized, data, "s")
+    assert str(e.value) == message
+    assert parse_config(Sized, {"n": 3, "sizes": [1, 2], "p": 0, "step": None}, "s").sizes == [1, 2]
+
+
+def test_degenerate_sizes_in_4dfy_configs_fail_at_parse_time():
+    with pytest.raises(ConfigError) as e:
+        load_config([TINY1], [PROMPT, "data.multi_view.batch_size=0", "data.single_view.width=[64, 0]",
+                              "system.renderer.num_samples_per_ray=0", "data.multi_view.n_view=0"])  # fmt: skip
+    assert set(e.value.errors) == {
+        "data.multi_view.batch_size: must be >= 1, got 0",
+        "data.single_view.width: must be >= 1, got 0 (in [64, 0])",
+        "system.renderer.num_samples_per_ray: must be >= 1, got 0",
+        "data.multi_view.n_view: must be >= 1, got 0",
+    }
 
 
 def test_scheduled_accepts_scalar_and_lists():

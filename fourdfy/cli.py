@@ -1,0 +1,70 @@
+"""The command line, shared by ``python launch.py`` and ``python -m fourdfy`` (4D-fy's flags).
+
+    python -m fourdfy --config configs/fourdfy_stage_1.yaml --train --gpu 0 \\
+        system.prompt_processor.prompt="a panda dancing"
+    python -m fourdfy --config configs/fourdfy_stage_2.yaml --train --gpu 0 \\
+        system.prompt_processor.prompt="a panda dancing" \\
+        system.weights=outputs/fourdfy_stage_1/a_panda_dancing@.../ckpts/last.ckpt
+    python -m fourdfy --config outputs/.../configs/parsed.yaml --test --gpu 0 resume=outputs/.../ckpts/last.ckpt
+    python -m fourdfy --pipeline configs/fourdfy.yaml --train system.prompt_processor.prompt="a panda dancing"
+
+Any number of ``key=value`` overrides follow the flags (OmegaConf dotlist; bracket keys such as
+``'system.optimizer.params[geometry.encoding].lr=0.01'`` work). ``resume=<ckpt>`` continues a run;
+``system.weights=<ckpt>`` starts a new stage from an old one. Errors end with ``fourdfy: error: ...`` and exit code
+2; ``--verbose`` adds tracebacks and Lightning's own messages.
+"""
+
+import argparse
+import os
+import re
+import sys
+from typing import NoReturn, Optional
+
+GPU_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fourdfy: error: {message}\n")
+
+
+def parse_args(argv: list[str], prog: Optional[str] = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = _Parser(prog=prog, description="fourdfy: text-to-4D generation (4D-fy re-implementation)")
+    parser.add_argument("--config", action="append", default=[], help="config file; repeat to merge several in order")
+    parser.add_argument("--pipeline", default=None, help="a pipeline file listing stage configs to run in order")
+    parser.add_argument(
+        "--gpu", default=None, help="GPU index(es), e.g. 0 or 0,1 (data parallel); default 0. Without CUDA: the CPU"
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true")
+    mode.add_argument("--validate", action="store_true")
+    mode.add_argument("--test", action="store_true")
+    mode.add_argument("--export", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks, Lightning's messages")
+    parser.add_argument("--typecheck", action="store_true", help="check jaxtyping annotations at run time")
+    args, extras = parser.parse_known_args(argv)
+    if bool(args.config) == bool(args.pipeline):
+        parser.error("give either --config (one or more) or --pipeline")
+    if args.gpu is not None and not GPU_LIST.match(args.gpu):
+        parser.error(f"--gpu {args.gpu!r}: expected GPU indices such as 0 or 0,1")
+    return args, extras
+
+
+def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extras = parse_args(argv, prog)
+    # device selection must happen before torch initialises CUDA
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(g.strip() for g in (args.gpu or "0").split(",") if g.strip())
+    if args.typecheck:
+        import jaxtyping
+
+        jaxtyping.install_import_hook(["fourdfy", "extern"], "beartype.beartype")
+
+    from fourdfy.run import run_experiment, run_pipeline
+
+    if args.pipeline:
+        return run_pipeline(args, extras)
+    command = ["python", "-m", "fourdfy"] if prog == "python -m fourdfy" else ["python", prog or "launch.py"]
+    return run_experiment(args, extras, argv=[*command, *argv])
