@@ -20,7 +20,8 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fourdfy.config import ConfigError, check_value, child_slot, child_slots, did_you_mean, join_path, parse_config
+from fourdfy.config import ConfigError, check_value, child_slot, did_you_mean, join_path, parse_config
+from fourdfy.registry import validate
 
 REPLACE_MARK = "_replace_"
 EXTENDS_KEY = "extends"
@@ -384,58 +385,6 @@ def check_section(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def validate_tree(kind: str, name: Any, raw: Any, path: str) -> None:
-    """Parse a config slice and every child slot it names (recursively) without building anything, and raise one
-    :class:`ConfigError` with every problem found. A child slot is still checked when its parent has errors
-    elsewhere, so three typos in three modules give three messages."""
-    from fourdfy.registry import find
-
-    if not isinstance(name, str):
-        raise ConfigError(f"{path}: the type name must be a string, got {name!r}")
-    cls = find(name, kind, path)
-    errors: list[Any] = []
-    cfg = None
-    try:
-        cfg = parse_config(cls.Config, raw, path)
-    except ConfigError as e:
-        errors.append(e)
-        # the children are still checked, with the config parsed without the faulty keys (its __post_init__ may
-        # fill the children in, e.g. copy the prompt); if even that fails, they are not checked
-        cfg = _parse_without(cls.Config, raw, path, e.errors)
-    for slot, type_field, child_kind, optional in child_slots(cls.Config):
-        if cfg is None:
-            break
-        child_name, child_raw = getattr(cfg, type_field), getattr(cfg, slot)
-        if not child_name:
-            if not optional:
-                errors.append(
-                    f"{join_path(path, type_field)}: missing type name for `{slot}` (a registered {child_kind} type)."
-                )
-            continue
-        try:
-            validate_tree(child_kind, child_name, child_raw, join_path(path, slot))
-        except ConfigError as e:
-            errors.append(e)
-    if errors:
-        raise ConfigError(*errors)
-
-
-def _parse_without(cls: type, raw: Any, path: str, messages: list[str]) -> Any:
-    """``cls`` parsed from ``raw`` minus the keys the ``messages`` name, or None."""
-    if not isinstance(raw, Mapping):
-        return None
-    prefix = f"{path}." if path else ""
-    bad = set()
-    for m in messages:
-        key = m.split(": ", 1)[0]
-        if key.startswith(prefix):
-            bad.add(re.split(r"[.\[]", key[len(prefix):], maxsplit=1)[0])
-    try:
-        return parse_config(cls, {k: v for k, v in raw.items() if k not in bad}, path)
-    except ConfigError:
-        return None
-
-
 def parse_experiment(raw: dict) -> ExperimentConfig:
     """Parse and validate the whole tree: the experiment keys, the trainer/checkpoint sections, the data module
     and the system with all their parts. Nothing is built, and Lightning is not imported. Every problem found is
@@ -452,9 +401,13 @@ def parse_experiment(raw: dict) -> ExperimentConfig:
             errors.append(f"{type_key}: missing (a registered {kind} type)")
             continue
         try:
-            validate_tree(kind, name, raw.get(slot), slot)
+            validate(kind, name, raw.get(slot), slot)
         except ConfigError as e:
             errors.append(e)
+    if raw.get("system_type") == "fourdfy-system":
+        from fourdfy.systems.branches import check_agreement
+
+        errors += check_agreement(raw.get("system") or {}, raw.get("data") or {})
     errors += check_section(raw.get("trainer") or {}, TRAINER_ARGS, "trainer", TRAINER_SET_BY_FOURDFY)
     errors += check_section(raw.get("checkpoint") or {}, CHECKPOINT_ARGS, "checkpoint", CHECKPOINT_SET_BY_FOURDFY)
     if errors:

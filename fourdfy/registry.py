@@ -14,11 +14,12 @@ Two ways in:
 """
 
 import importlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Optional, TypeVar
 
 from fourdfy import compat
-from fourdfy.config import ConfigError, did_you_mean, parse_config
+from fourdfy.config import ConfigError, child_slots, did_you_mean, join_path, parse_config
 
 C = TypeVar("C", bound=type)
 
@@ -117,24 +118,61 @@ def build(kind: str, name: str, raw_cfg: Any, path: str, *args: Any, **kwargs: A
     return cls(cfg, *args, path=path, **kwargs)
 
 
-def validate(kind: str, name: str, raw_cfg: Any, path: str) -> Any:
-    """Parse a config slice and, recursively, every child slot it names, without building anything.
+def validate(kind: str, name: Any, raw_cfg: Any, path: str) -> Any:
+    """Parse a config slice and, recursively, every child slot it names, without building anything, and raise one
+    :class:`ConfigError` with every problem found (a child slot is still checked when its parent has errors
+    elsewhere, so three typos in three modules give three messages).
 
-    This is what makes a typo anywhere in the tree fail before the first (possibly multi-GB) model is loaded.
+    This is what makes a typo anywhere in the tree fail before the first (possibly multi-GB) model is loaded; only
+    the modules holding the ``Config`` classes are imported (:func:`find_config`), and 4D-fy-only keys are checked
+    and removed first (:mod:`fourdfy.compat`).
 
     Returns:
         The parsed Config instance of the top class.
     """
-    from fourdfy.config import child_slots
-
-    cfg = parse_config(find_config(name, kind, path), compat.strip(name, raw_cfg, path), path)
-    for slot, type_field, child_kind, optional in child_slots(type(cfg)):
-        child_name = getattr(cfg, type_field)
-        child_raw = getattr(cfg, slot)
-        slot_path = f"{path}.{slot}" if path else slot
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: the type name must be a string, got {name!r}")
+    config_cls = find_config(name, kind, path)
+    errors: list[Any] = []
+    cfg = None
+    try:
+        raw_cfg = compat.strip(name, raw_cfg, path)
+        cfg = parse_config(config_cls, raw_cfg, path)
+    except ConfigError as e:
+        errors.append(e)
+        # the children are still checked, with the config parsed without the faulty keys (its __post_init__ may
+        # fill the children in, e.g. copy the prompt); if even that fails, they are not checked
+        cfg = _parse_without(config_cls, raw_cfg, path, e.errors)
+    for slot, type_field, child_kind, optional in child_slots(config_cls):
+        if cfg is None:
+            break
+        child_name, child_raw = getattr(cfg, type_field), getattr(cfg, slot)
         if not child_name:
-            if optional:
-                continue
-            raise ConfigError(f"{path}.{type_field}: missing type name for `{slot}` (a registered {child_kind} type).")
-        validate(child_kind, child_name, child_raw, slot_path)
+            if not optional:
+                errors.append(
+                    f"{join_path(path, type_field)}: missing type name for `{slot}` (a registered {child_kind} type)."
+                )
+            continue
+        try:
+            validate(child_kind, child_name, child_raw, join_path(path, slot))
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigError(*errors)
     return cfg
+
+
+def _parse_without(cls: type, raw: Any, path: str, messages: list[str]) -> Any:
+    """``cls`` parsed from ``raw`` minus the keys the ``messages`` name, or None."""
+    if not isinstance(raw, Mapping):
+        return None
+    prefix = f"{path}." if path else ""
+    bad = set()
+    for m in messages:
+        key = m.split(": ", 1)[0]
+        if key.startswith(prefix):
+            bad.add(re.split(r"[.\[]", key[len(prefix):], maxsplit=1)[0])
+    try:
+        return parse_config(cls, {k: v for k, v in raw.items() if k not in bad}, path)
+    except ConfigError:
+        return None

@@ -114,7 +114,7 @@ def run_experiment(
     ``argv`` is the command line recorded in ``log.txt`` (default ``python`` + ``sys.argv``)."""
     setup_logging(args.verbose)
     if args.export:
-        return fail("--export (mesh export) is not implemented in fourdfy")
+        return run_export(args, extras)
     n_gpus = gpu_count(args.gpu)
     # one timestamp and trial folder for every rank of a data-parallel run: rank 0 exports them, the worker
     # processes that Lightning starts (LOCAL_RANK >= 1) inherit them
@@ -200,8 +200,54 @@ def _run(
         else:
             trainer.test(system, datamodule=dm, ckpt_path=cfg.resume)
     if rank() == 0:
+        refresh_result_page(trial)
         logger.info("trial folder: %s", trial)
     return 0
+
+
+def refresh_result_page(trial: Path) -> None:
+    """Write ``save/index.html`` (videos, model, losses, evaluation in one offline file). A page that cannot be
+    written costs a warning, never the run's results."""
+    from fourdfy.evaluation.page import write_result_page
+
+    try:
+        logger.info("result page: %s", write_result_page(trial))
+    except Exception as e:  # noqa: BLE001  (the page is a report; the trial's files are already safe)
+        logger.warning("could not write the result page of %s: %s", trial, e)
+
+
+def run_export(args: argparse.Namespace, extras: list[str]) -> int:
+    """``--config <trial>/configs/parsed.yaml --export resume=<trial>/ckpts/<file>.ckpt [system.exporter.*=...]
+    [system.geometry.isosurface_*=...]`` (threestudio's form): the configured exporter on the trial's field, built
+    from the trial's own ``configs/parsed.yaml`` (no guidance network is built), files in ``save/it{S}-export/``,
+    then the result page."""
+    from fourdfy.evaluation.trial import load_trial
+    from fourdfy.exporters.trial_export import export_parts
+
+    resume = [e.split("=", 1)[1].strip("'\"") for e in extras if e.startswith("resume=")]
+    if not resume:
+        return fail("resume: --export needs a checkpoint of a trial, e.g. resume=<trial>/ckpts/last.ckpt")
+    ckpt = Path(resume[-1]).expanduser()
+    trial = ckpt.parent.parent
+    if not ckpt.is_file() or not (trial / "configs" / "parsed.yaml").is_file():
+        return fail(f"resume: {ckpt} is not a checkpoint inside a trial folder (<trial>/ckpts/last.ckpt)")
+    overrides = tuple(e for e in extras if not e.startswith("resume="))
+    try:
+        parts = load_trial(trial, overrides, ckpt=ckpt, device="cuda" if torch_cuda() else "cpu")
+        written = export_parts(parts)
+    except USER_ERRORS as e:
+        return report(e, args.verbose)
+    for path in written:
+        logger.info("exported %s", path)
+    refresh_result_page(trial)
+    logger.info("trial folder: %s", trial)
+    return 0
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_parts(cfg: ExperimentConfig) -> tuple[Any, Any]:

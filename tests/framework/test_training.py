@@ -105,3 +105,20 @@ def test_missing_weights_message_without_traceback(tmp_path):
     assert "Traceback" not in err
     assert "system.guidance_multi_view.ckpt_path" in err
     assert "sd-v2.1-base-4view.pt" in err and "MVDream/MVDream" in err
+
+
+def test_export_from_the_launcher_writes_meshes_and_the_result_page(stage1_run):
+    """``--config <trial>/configs/parsed.yaml --export resume=<trial>/ckpts/last.ckpt`` (threestudio's form): the mesh exporter on the trained tiny field (no guidance is
+    built), then the result page. The tiny field's densities stay low, so the threshold is lowered to find a
+    surface."""
+    t = stage1_run
+    rc = launch.main(["--config", str(t / "configs" / "parsed.yaml"), "--export", f"resume={t / 'ckpts' / 'last.ckpt'}",
+                      "system.geometry.isosurface_threshold=2",
+                      "system.geometry.isosurface_resolution=32"])  # fmt: skip
+    assert rc == 0
+    export = t / "save" / "it20-export"
+    for name in ("model.obj", "model.ply", "model.glb"):
+        assert (export / name).is_file() and (export / name).stat().st_size > 200, name
+    page = (t / "save" / "index.html").read_text()
+    assert "it20-test" in page or "data:video" in page or "data:image" in page
+    assert "viewer" in page.lower()
