@@ -208,7 +208,8 @@ def main() -> int:
     print(f"\n{'stage':>6} {'phase':>6} {'card':>28} {'s/it med':>9} {'s/it mean':>9} {'it/s':>6} {'peak GiB':>8}")
     peak = f"{result['peak_memory_gib']:.2f}" if cuda else "-"
     med = result["seconds_per_iter_median"]
-    print(f"{args.stage:>6} {str(result['phase']):>6} {result['card'][:28]:>28} {med:>9.4f} "
+    label = config.stem.replace("fourdfy_", "") if args.config else str(args.stage)
+    print(f"{label:>6} {str(result['phase']):>6} {result['card'][:28]:>28} {med:>9.4f} "
           f"{result['seconds_per_iter_mean']:>9.4f} {1 / med:>6.2f} {peak:>8}")  # fmt: skip
     for k, v in result["seconds_per_iter_by_kind"].items():
         print(f"  {k:>12}: median {v['median']:.4f} s  mean {v['mean']:.4f} s  n={v['n']}")

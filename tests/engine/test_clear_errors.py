@@ -81,10 +81,11 @@ CASES = {
         "not exist",
     ),
     "--gpu-abc": (["--gpu", "abc"], "--gpu 'abc': expected GPU indices"),
-    "stage-3-not-implemented": (
+    "stage-3-missing-video-weights": (
         ["data.single_view.static=false", "data.single_view.simultan=true", "system.simultan=true",
-         "data.single_view.prob_single_view_video=1.0", "system.prob_single_view_video=1.0", "data.prob_multi_view=0.5"],
-        "system: cannot build it (not implemented): zeroscope-guidance",
+         "data.single_view.prob_single_view_video=1.0", "system.prob_single_view_video=1.0", "data.prob_multi_view=0.5",
+         "system.guidance_video.pretrained_model_name_or_path=cerspense/zeroscope_v2_576w"],
+        "system.guidance_video.pretrained_model_name_or_path: cannot load ZeroScope weights",
     ),  # fmt: skip
     "build-error": (["system.renderer.radius=-1"], "system: cannot build it (ValueError): roi_aabb"),
 }

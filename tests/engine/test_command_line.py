@@ -72,8 +72,9 @@ def test_pipeline_reports_every_stage_error_at_once(capfd, tmp_path):
     rc = launch.main(["--pipeline", str(ROOT / "configs" / "smoke" / "fourdfy_tiny.yaml"), "--train", PROMPT,
                       f"exp_root_dir={tmp_path}", "system.geometry.radiuss=1", "trainer.max_steps=0"])  # fmt: skip
     err = capfd.readouterr().err
-    assert rc == 2 and err.startswith("fourdfy: error: 4 errors in the config:"), err
-    for stage in ("stage 1 (fourdfy_stage_1_tiny.yaml)", "stage 2 (fourdfy_stage_2_tiny.yaml)"):
+    assert rc == 2 and err.startswith("fourdfy: error: 6 errors in the config:"), err
+    for stage in ("stage 1 (fourdfy_stage_1_tiny.yaml)", "stage 2 (fourdfy_stage_2_tiny.yaml)",
+                  "stage 3 (fourdfy_stage_3_tiny.yaml)"):
         assert f"{stage}: system.geometry.radiuss: unknown key" in err and f"{stage}: trainer.max_steps" in err
 
 

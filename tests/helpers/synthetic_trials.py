@@ -135,7 +135,8 @@ def build_tiny_trial(root: Path, prompt: str = "a panda", step: int = 20, dynami
 
     overrides = [f"system.prompt_processor.prompt={prompt}", f"exp_root_dir={root}"]
     if dynamic:
-        overrides += ["system.geometry.pos_encoding_config.static=false", "name=fourdfy_dynamic_tiny"]
+        overrides += ["system.geometry.pos_encoding_config.static=false", "data.single_view.static=false",
+                      "name=fourdfy_dynamic_tiny"]
     cfg, resolved = load_config([str(TINY1)], overrides)
     trial = Path(cfg.trial_dir)
     dump_yaml(resolved, trial / "configs" / "parsed.yaml")
