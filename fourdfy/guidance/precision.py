@@ -44,9 +44,10 @@ NETWORK_DEFAULTS: dict[str, str] = {
     "zeroscope": "fp16",
     "videocrafter": "fp16",
 }
-"""``auto`` per network family on CUDA. Provisional: fp16 everywhere (what 4D-fy ran for VSD and ZeroScope; the
-first H200 probe put fp16 about 8x closer to fp32 than bf16 for MVDream at CFG 50, at the same speed), until the
-full table of ``benchmarks/precision.py`` is in. Families: ``mvdream`` (multi-view guidance), ``sd`` (VSD: both
+"""``auto`` per network family on CUDA, chosen from ``benchmarks/results/precision_nvidia-h200.json`` (README,
+"Precision"): fp16 everywhere, the fastest mode within 1.25x of fp16's worst error that never overflowed; bf16, as
+fast, moved the SDS gradient 5-8x further from fp32 (31 % for MVDream, ~60 % for the video UNets with near
+contexts), TF32 was 1.4-1.8x slower. Families: ``mvdream`` (multi-view guidance), ``sd`` (VSD: both
 SD 2.1 UNets and the VAE), ``zeroscope``, ``videocrafter``."""
 
 FALLBACK_DEFAULT = "fp16"
