@@ -25,6 +25,17 @@ def step_range(
     return lo, hi
 
 
+def annealed_step_range(cfg: object, epoch: int, global_step: int, num_train_timesteps: int, annealed: bool = False) -> tuple[int, int]:
+    """:func:`step_range` of a guidance config's ``min_step_percent``/``max_step_percent``; past
+    ``anneal_start_step`` (or when ``annealed``) the max is ``int(T * max_step_percent_annealed)`` (threestudio's
+    anneal of the VSD and video guidances)."""
+    lo, hi = step_range(cfg.min_step_percent, cfg.max_step_percent, epoch, global_step, num_train_timesteps)
+    start = cfg.anneal_start_step
+    if annealed or (start is not None and global_step > start):
+        hi = int(num_train_timesteps * cfg.max_step_percent_annealed)
+    return lo, hi
+
+
 def sample_timesteps(
     n: int, min_step: int, max_step: int, device: torch.device, generator: torch.Generator | None = None
 ) -> Int[Tensor, "n"]:

@@ -254,11 +254,7 @@ class StableDiffusionVSDGuidance(BaseGuidance):
     def step_range(self, epoch: int, global_step: int, annealed: bool = False) -> tuple[int, int]:
         """``(min_step, max_step)`` at a training position; after ``anneal_start_step`` (or when ``annealed``) the
         max is ``int(T * max_step_percent_annealed)``. A pure function of its arguments."""
-        c = self.cfg
-        lo, hi = sds.step_range(c.min_step_percent, c.max_step_percent, epoch, global_step, self.num_train_timesteps)
-        if annealed or (c.anneal_start_step is not None and global_step > c.anneal_start_step):
-            hi = int(self.num_train_timesteps * c.max_step_percent_annealed)
-        return lo, hi
+        return sds.annealed_step_range(self.cfg, epoch, global_step, self.num_train_timesteps, annealed)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         c = self.cfg

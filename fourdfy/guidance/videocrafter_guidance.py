@@ -209,13 +209,8 @@ class VideoCrafterGuidance(BaseGuidance):
     # ----------------------------------------------------------------------------------------------------------
 
     def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
-        """``(min_step, max_step)`` at a training position: ``int(T C(pct))``; past ``anneal_start_step`` the max is
-        ``int(T max_step_percent_annealed)``. A pure function of the position (nothing latched)."""
-        c = self.cfg
-        lo, hi = sds.step_range(c.min_step_percent, c.max_step_percent, epoch, global_step, self.num_train_timesteps)
-        if c.anneal_start_step is not None and global_step > c.anneal_start_step:
-            hi = int(self.num_train_timesteps * c.max_step_percent_annealed)
-        return lo, hi
+        """``(min_step, max_step)`` at a training position (:func:`fourdfy.guidance.sds.annealed_step_range`)."""
+        return sds.annealed_step_range(self.cfg, epoch, global_step, self.num_train_timesteps)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.min_step, self.max_step = self.step_range(epoch, global_step)
