@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from fourdfy.data.batch import CameraBatch
 from fourdfy.data.config import CombinedCameraDataConfig
-from fourdfy.data.random_camera import EvalCameraDataset, RandomCameraSampler
+from fourdfy.data.camera_paths import EvalCameraDataset
+from fourdfy.data.random_camera import RandomCameraSampler
 from fourdfy.data.random_multiview import RandomMultiviewCameraSampler
 from fourdfy.registry import register
 from fourdfy.utils.base import Configurable

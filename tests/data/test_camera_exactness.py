@@ -7,7 +7,8 @@ import torch
 
 from fourdfy.config import parse_config
 from fourdfy.data import cameras as cam
-from fourdfy.data.random_camera import EvalCameraDataset, RandomCameraConfig, RandomCameraSampler, eval_views
+from fourdfy.data.camera_paths import EvalCameraDataset, eval_views
+from fourdfy.data.random_camera import RandomCameraConfig, RandomCameraSampler
 from fourdfy.data.random_multiview import RandomMultiviewCameraConfig, RandomMultiviewCameraSampler
 
 P = 0.3

@@ -5,7 +5,8 @@ import torch
 from fourdfy.config import parse_config
 from fourdfy.data import cameras as cam
 from fourdfy.data.batch import BatchKind
-from fourdfy.data.random_camera import RandomCameraConfig, eval_views, phase_value
+from fourdfy.data.camera_paths import eval_views
+from fourdfy.data.random_camera import RandomCameraConfig, phase_value
 from fourdfy.data.single_multiview_combined import SingleMultiviewCombinedCameraDataModule
 
 

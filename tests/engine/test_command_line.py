@@ -53,13 +53,21 @@ def test_static_trainer_tables_match_the_installed_lightning():
 
 
 def test_checking_a_config_imports_no_lightning():
+    """The whole check of 4D-fy's stage-1 config, with three typos in three modules: three errors, and neither
+    Lightning nor diffusers nor transformers imported on the way (issue 8: a typo is reported in about the time it
+    takes to import torch)."""
     code = (
-        "import sys, fourdfy.cli, fourdfy.run, fourdfy.experiment, fourdfy.trial\n"
+        "import sys\nfrom fourdfy.cli import main\n"
+        "rc = main(['--config', 'configs/fourdfy_stage_3.yaml', '--train', 'system.prompt_processor.prompt=x', "
+        "'system.geometry.radiuss=1', 'system.renderer.num_samples_per_ra=3', 'system.guidance_video.guidance_scal=1'])\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'diffusers', "
-        "'transformers')]\nassert not heavy, heavy\n"
+        "'transformers')]\nassert rc == 2, rc\nassert not heavy, heavy\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr
+    assert "3 errors in the config" in p.stderr
+    for key in ("system.geometry.radiuss", "system.renderer.num_samples_per_ra", "system.guidance_video.guidance_scal"):
+        assert key in p.stderr
 
 
 def test_pipeline_stages_run_python_m_fourdfy():

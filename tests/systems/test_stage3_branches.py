@@ -94,3 +94,16 @@ def test_video_steps_train_the_temporal_grid_and_image_steps_do_not(system_and_d
         grads, static_grad = temporal_grads(system, batch_of(dm, kind))
         assert all(g is None for g in grads), kind  # no gradient: AdamW leaves them (and their moments) alone
         assert static_grad is not None and float(static_grad.abs().sum()) > 0
+
+
+def test_freeze_static_modules_trains_the_temporal_part_on_every_branch():
+    """4D-fy's rule: with ``freeze_static_modules`` every parameter is frozen at the start of fitting and each branch
+    re-enables only the 4-D part."""
+    exp, _ = load_config([TINY3], [PROMPT, "system.freeze_static_modules=true"])
+    system = build("system", exp.system_type, exp.system, "system")
+    assert all(b.trains_temporal for b in system.branches.values())
+    system.on_fit_start()
+    assert not any(p.requires_grad for p in system.parameters())
+    system.set_temporal_training(system.branches[BatchKind.MULTI_VIEW])
+    temporal = {id(p) for p in system.geometry.temporal_parameters()}
+    assert temporal and all(p.requires_grad == (id(p) in temporal) for p in system.parameters())
