@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_two_process_ddp_on_cpu(tmp_path):
     report = tmp_path / "report"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", 
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )  # the installed packages stay importable (a --target install on the GPU machine)
     env.pop("LOCAL_RANK", None)
     cmd = [
         sys.executable, str(ROOT / "tests" / "helpers" / "ddp_probe.py"), str(report),

@@ -40,8 +40,10 @@ def test_trial_folder_layout(stage1_run):
     assert any((t / "tb_logs").rglob("events.out.tfevents.*"))
     assert (t / "configs" / "raw.yaml").read_text() == Path(TINY1).read_text()
     save = t / "save"
-    for rel in ["it10-0.png", "it20-0.png", "it20-test.mp4", "it20-test-depth-jet.mp4"]:
+    for rel in ["it10-0.png", "it20-0.png"]:
         assert (save / rel).is_file(), rel
+    for video in ["it20-test", "it20-test-depth-jet"]:  # mp4, or the GIF fallback where no ffmpeg exists
+        assert (save / f"{video}.mp4").is_file() or (save / f"{video}.gif").is_file(), video
     assert sorted(p.name for p in (save / "it20-test").iterdir()) == [f"{i}.png" for i in range(6)]
     assert len(list((save / "it20-test-depth-jet").iterdir())) == 6
 
@@ -90,7 +92,7 @@ def test_resume_continues_from_saved_step(stage1_run, tmp_path):
     step_col = header.index("step")
     logged = sorted({int(r[step_col]) for r in steps if r[step_col]})
     assert logged[0] >= 20 and logged[-1] <= 24  # training continued at step 20, not from 0
-    assert (t2 / "save" / "it24-test.mp4").is_file()
+    assert (t2 / "save" / "it24-test.mp4").is_file() or (t2 / "save" / "it24-test.gif").is_file()
 
 
 def test_missing_weights_message_without_traceback(tmp_path):
