@@ -23,7 +23,7 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 run() { echo "=== $*" | tee -a "$log"; timeout "$1" "${@:2}" 2>&1 | grep -v -E "LeafSpec|litlogger|eval mode at the start" | tee -a "$log" | tail -12; }
 for part in "$@"; do
   case "$part" in
-    tests) run 420 python3 -m pytest -q -n 8 -rs -p no:cacheprovider tests ;;
+    tests) run 420 python3 -m pytest -q -n "${TEST_WORKERS:-8}" -rs -p no:cacheprovider tests ;;
     precision) run 300 python3 benchmarks/precision.py --max-seconds "${PRECISION_SECONDS:-240}" --out-dir "$OUT" ;;
     stage1)
       run 150 python3 benchmarks/train_step.py --stage 1 --phase late --steps 20 --warmup 5 --tag after --out "$OUT"
