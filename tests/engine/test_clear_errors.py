@@ -141,7 +141,8 @@ def test_three_typos_give_three_errors(capfd, tmp_path):
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", 
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1",
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     )  # the installed packages stay importable (a --target install on the GPU machine)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)

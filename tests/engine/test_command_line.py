@@ -23,7 +23,8 @@ PROMPT = "system.prompt_processor.prompt=a panda dancing"
 def test_python_m_fourdfy_smoke_run(tmp_path):
     """A real run: the progress bar shows, Lightning's tips and unactionable warnings do not, the last line names
     the trial folder, and log.txt holds the run's log."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", 
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1",
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     )  # the installed packages stay importable (a --target install on the GPU machine)
     cmd = [sys.executable, "-m", "fourdfy", "--config", TINY1, "--train", PROMPT, f"exp_root_dir={tmp_path / 'out'}",
