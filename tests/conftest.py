@@ -24,3 +24,27 @@ _threads = int(os.environ.get("FOURDFY_TEST_THREADS", "1" if os.environ.get("PYT
 torch.set_num_threads(_threads)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# test helpers importable by name (``import synthetic_trials``) from every test folder
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+
+
+@pytest.fixture(scope="module")
+def static_tiny_trial(tmp_path_factory):
+    """The tiny stage-1 config as a trial folder with random weights (static field)."""
+    import synthetic_trials
+
+    return synthetic_trials.build_tiny_trial(tmp_path_factory.mktemp("static"))
+
+
+@pytest.fixture(scope="module")
+def dynamic_tiny_trial(tmp_path_factory):
+    """The tiny config with the 4-D grid switched on (dynamic field), as a trial folder."""
+    import synthetic_trials
+
+    return synthetic_trials.build_tiny_trial(tmp_path_factory.mktemp("dynamic"), dynamic=True)

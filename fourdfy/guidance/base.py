@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from fourdfy.guidance import precision as precision_policy
+from fourdfy.guidance import sds
 from fourdfy.utils.base import BaseModule
 
 
@@ -119,3 +120,17 @@ class BaseGuidance(BaseModule):
         if tuple(x.shape[-2:]) != tuple(size):
             x = torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=False)
         return x
+
+
+class AnnealedStepGuidance(BaseGuidance):
+    """A guidance whose timestep range follows :func:`fourdfy.guidance.sds.annealed_step_range` of its config and
+    the training position (the video guidances); the position is kept for scheduled values such as ``grad_clip``.
+    Subclasses set ``num_train_timesteps`` in ``configure``."""
+
+    def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
+        """``(min_step, max_step)`` at a training position."""
+        return sds.annealed_step_range(self.cfg, epoch, global_step, self.num_train_timesteps)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.min_step, self.max_step = self.step_range(epoch, global_step)
+        self._position = (epoch, global_step)

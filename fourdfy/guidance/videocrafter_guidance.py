@@ -72,7 +72,7 @@ from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
-from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
+from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
 from fourdfy.guidance.sds import WEIGHTING_STRATEGIES
 from fourdfy.guidance.video_sds_videocrafter import latent_scale, videocrafter_q_sample, videocrafter_sds_gradient
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -94,7 +94,7 @@ class VideoSDSDraws:
 
 
 @register("videocrafter-guidance")
-class VideoCrafterGuidance(BaseGuidance):
+class VideoCrafterGuidance(AnnealedStepGuidance):
     """Video SDS with VideoCrafter2 and motion amplification (4D-fy's ``_vc`` video guidance)."""
 
     loss_names = ("sds_video",)
@@ -203,18 +203,6 @@ class VideoCrafterGuidance(BaseGuidance):
         if part == "vae":
             return self.weights_dtype, torch.autocast(device_type=self.device.type, enabled=False)
         return self.weights_dtype, contextlib.nullcontext()
-
-    # ----------------------------------------------------------------------------------------------------------
-    # schedule
-    # ----------------------------------------------------------------------------------------------------------
-
-    def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
-        """``(min_step, max_step)`` at a training position (:func:`fourdfy.guidance.sds.annealed_step_range`)."""
-        return sds.annealed_step_range(self.cfg, epoch, global_step, self.num_train_timesteps)
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.min_step, self.max_step = self.step_range(epoch, global_step)
-        self._position = (epoch, global_step)
 
     # ----------------------------------------------------------------------------------------------------------
     # the call

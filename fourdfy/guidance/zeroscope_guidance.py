@@ -64,7 +64,7 @@ from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
-from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
+from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
 from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance.sd_loading import hub_offline
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -141,7 +141,7 @@ class VideoSDSDraws(NamedTuple):
 
 
 @register("zeroscope-guidance")
-class ZeroscopeGuidance(BaseGuidance):
+class ZeroscopeGuidance(AnnealedStepGuidance):
     """Video SDS with ZeroScope v2 576w (4D-fy's stage-3 video guidance); see the module docstring."""
 
     loss_names = ("sds_video",)
@@ -258,18 +258,6 @@ class ZeroscopeGuidance(BaseGuidance):
         self._graphed_unet = GraphedForward(self._unet_call)
         self.min_step, self.max_step = self.step_range(0, 0)
         self._position = (0, 0)
-
-    # ----------------------------------------------------------------------------------------------------------
-    # schedule
-    # ----------------------------------------------------------------------------------------------------------
-
-    def step_range(self, epoch: int, global_step: int) -> tuple[int, int]:
-        """``(min_step, max_step)`` at a training position (:func:`fourdfy.guidance.sds.annealed_step_range`)."""
-        return sds.annealed_step_range(self.cfg, epoch, global_step, self.num_train_timesteps)
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.min_step, self.max_step = self.step_range(epoch, global_step)
-        self._position = (epoch, global_step)
 
     # ----------------------------------------------------------------------------------------------------------
     # the call
