@@ -6,7 +6,8 @@ key that takes one. Reserved stand-in names (:mod:`fourdfy.stand_ins`, family ``
 """
 
 import os
-from typing import NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -60,26 +61,49 @@ def load_sd_components(name: str, key: str, with_vae: bool) -> SDComponents:
     if builder is not None:
         return SDComponents(*builder(with_vae))
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from huggingface_hub.errors import HFValidationError
 
-    if os.path.isfile(name):
-        raise MissingWeightsError(missing_weights_message(
-            key, name, "a single-file checkpoint; this guidance loads diffusers folders (convert it first, e.g. "
-            "with diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))"))  # fmt: skip
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise MissingWeightsError(missing_weights_message(key, name, "no such local folder"))
-    name = os.path.expanduser(name) if looks_local else name
-    # diffusers honours HF_HUB_OFFLINE itself; passing it explicitly also covers a flag set after import
-    local_only = os.path.isdir(name) or hub_offline()
     parts = {"unet": UNet2DConditionModel, "scheduler": DDPMScheduler}
     if with_vae:
         parts["vae"] = AutoencoderKL
+    single_file = (
+        "a single-file checkpoint; this guidance loads diffusers folders (convert it first, e.g. with diffusers' "
+        "StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))"
+    )
+    loaded = load_diffusers_parts(name, key, parts, missing_weights_message, single_file)
+    return SDComponents(loaded["unet"], loaded["scheduler"], loaded.get("vae"))
+
+
+def load_diffusers_parts(
+    name: str, key: str, parts: dict[str, type], message: Callable[[str, str, str], str], single_file: str
+) -> dict[str, Any]:
+    """Load the subfolders ``parts`` (``{"unet": UNet2DConditionModel, ...}``; weights in fp32) of one diffusers
+    model from a local folder or a hub id, part by part.
+
+    Args:
+        name: a local folder (absolute, ``./``, ``~`` or more than one ``/``) or a hub id ``namespace/name``.
+        key: the dotted config key holding ``name``.
+        parts: subfolder -> class with ``from_pretrained``.
+        message: ``(key, name, error) -> str``, the one-line error for this model.
+        single_file: the reason given when ``name`` is a file.
+
+    Raises:
+        MissingWeightsError: a file, a missing local folder, or a part that cannot be loaded.
+    """
+    from huggingface_hub.errors import HFValidationError
+
+    if os.path.isfile(name):
+        raise MissingWeightsError(message(key, name, single_file))
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        raise MissingWeightsError(message(key, name, "no such local folder"))
+    name = os.path.expanduser(name) if looks_local else name
+    # diffusers honours HF_HUB_OFFLINE itself; passing it explicitly also covers a flag set after import
+    local_only = os.path.isdir(name) or hub_offline()
     loaded = {}
     for sub, cls in parts.items():
         kwargs = {} if sub == "scheduler" else {"torch_dtype": torch.float32}
         try:
             loaded[sub] = cls.from_pretrained(name, subfolder=sub, local_files_only=local_only, **kwargs)
         except (OSError, HFValidationError) as e:  # diffusers reports every missing file / repo as OSError
-            raise MissingWeightsError(missing_weights_message(key, name, f"{sub}/: {e}")) from None
-    return SDComponents(loaded["unet"], loaded["scheduler"], loaded.get("vae"))
+            raise MissingWeightsError(message(key, name, f"{sub}/: {e}")) from None
+    return loaded

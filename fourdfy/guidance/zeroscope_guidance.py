@@ -52,7 +52,6 @@ The reserved names ``tiny-random-zeroscope`` and ``random-init-zeroscope-v2-576w
 import dataclasses
 import functools
 import logging
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -62,11 +61,10 @@ from torch import Tensor, nn
 from fourdfy import stand_ins
 from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
-from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
 from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
 from fourdfy.guidance.cuda_graph import GraphedForward
-from fourdfy.guidance.sd_loading import hub_offline
+from fourdfy.guidance.sd_loading import hub_offline, load_diffusers_parts
 from fourdfy.prompt_processors.base import PromptEmbeddings
 from fourdfy.registry import register
 from fourdfy.schedule import scheduled_value
@@ -112,23 +110,9 @@ def load_zeroscope_components(name: str, key: str) -> ZeroscopeComponents:
     if builder is not None:
         return ZeroscopeComponents(*builder())
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-    from huggingface_hub.errors import HFValidationError
 
-    if os.path.isfile(name):
-        raise MissingWeightsError(missing_weights_message(key, name, "a single file, not a diffusers folder"))
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise MissingWeightsError(missing_weights_message(key, name, "no such local folder"))
-    name = os.path.expanduser(name) if looks_local else name
-    local_only = os.path.isdir(name) or hub_offline()
     parts = {"unet": UNet3DConditionModel, "vae": AutoencoderKL, "scheduler": DDIMScheduler}
-    loaded = {}
-    for sub, cls in parts.items():
-        kwargs = {} if sub == "scheduler" else {"torch_dtype": torch.float32}
-        try:
-            loaded[sub] = cls.from_pretrained(name, subfolder=sub, local_files_only=local_only, **kwargs)
-        except (OSError, HFValidationError) as e:  # diffusers reports every missing file / repo as OSError
-            raise MissingWeightsError(missing_weights_message(key, name, f"{sub}/: {e}")) from None
+    loaded = load_diffusers_parts(name, key, parts, missing_weights_message, "a single file, not a diffusers folder")
     return ZeroscopeComponents(loaded["unet"], loaded["vae"], loaded["scheduler"])
 
 
