@@ -3,7 +3,7 @@
     python benchmarks/scaling.py --stage 1 --phase late            # GPUs 1, 2, 4, ... up to all visible
     python benchmarks/scaling.py --stage 1 --tiny --device cpu --max-devices 2 --steps 4   # CPU smoke (gloo)
 
-Each world size runs ``benchmarks/train_step.py --devices W`` (every rank trains its own batch; the global batch
+Each world size runs ``benchmarks/iteration.py --devices W`` (every rank trains its own batch; the global batch
 grows with W). Throughput = W x iterations per second; scaling efficiency = throughput(W) / (W x throughput(1)).
 Prints a table and writes ``benchmarks/results/scaling_stage<S>_<card>.json``.
 """
@@ -35,14 +35,14 @@ def main() -> int:
     tmp = Path(args.out) / "scaling_runs"
     rows = []
     for w in sizes:
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--stage", str(args.stage), "--phase",
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--stage", str(args.stage), "--phase",
                args.phase, "--device", args.device, "--devices", str(w), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--out", str(tmp)] + (["--tiny"] if args.tiny else [])  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             return proc.returncode
-        result = json.loads(max(tmp.glob("train_step_*.json"), key=lambda f: f.stat().st_mtime).read_text())
+        result = json.loads(max(tmp.glob("iteration_*.json"), key=lambda f: f.stat().st_mtime).read_text())
         it_s = 1.0 / result["seconds_per_iter_median"]
         rows.append({"world_size": w, "it_per_s": it_s, "throughput": w * it_s, "card": result["card"],
                      "peak_memory_gib_per_device": result["peak_memory_gib_per_device"],

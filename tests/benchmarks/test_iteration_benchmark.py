@@ -1,0 +1,134 @@
+"""``benchmarks/iteration.py`` stays alive: its CPU smoke mode runs the tiny stage 3 (every branch, random and fitted
+field), its JSON carries the breakdown and the estimate, every fast-path switch parses on every stage config, and
+the whole-prompt arithmetic is checked on made-up numbers. No timing is asserted: only that the numbers exist."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("fourdfy_stage_*.yaml"))
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("iteration_benchmark", ROOT / "benchmarks" / "iteration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_twelve_stage_configs_are_covered():
+    assert len(STAGE_CONFIGS) == 12
+
+
+@pytest.mark.parametrize("name", STAGE_CONFIGS)
+def test_every_fast_path_switch_parses_on_every_stage_config(name):
+    """``--fast-paths off`` must never fail on an unknown key: each applicable switch parses strictly, and at least
+    the hash-grid and MLP switches apply everywhere."""
+    from fourdfy.experiment import load_config, load_yaml_tree
+
+    bench = load_benchmark()
+    config = ROOT / "configs" / name
+    tree = load_yaml_tree(config)
+    off = bench.fast_path_off_overrides(tree)
+    assert any(o.startswith("system.geometry.pos_encoding_config.implementation=") for o in off)
+    assert any(o.startswith("system.geometry.mlp_network_config.precision=") for o in off)
+    video = bench.VIDEO_OVERRIDES.get((tree.get("system") or {}).get("guidance_type_video"), [])
+    cfg, raw = load_config([str(config)], bench.RANDOM_OVERRIDES + video + off + ["system.prompt_processor.prompt=x"])
+    for override in off:
+        key, value = override.split("=", 1)
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        assert str(node).lower() == value.lower(), (name, key, node)
+
+
+def test_paper_stage_3_switches_every_memory_path():
+    bench = load_benchmark()
+    from fourdfy.experiment import load_yaml_tree
+
+    off = bench.fast_path_off_overrides(load_yaml_tree(ROOT / "configs" / "fourdfy_stage_3.yaml"))
+    keys = {o.split("=")[0] for o in off}
+    assert {"system.renderer.checkpoint_samples", "system.guidance_video.vae_checkpoint",
+            "system.guidance_video.cuda_graph", "system.guidance.cuda_graph",
+            "system.guidance_multi_view.cuda_graph"} <= keys  # fmt: skip
+
+
+def test_synthetic_object_hits_and_misses():
+    bench = load_benchmark()
+    rays_o = torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    rays_d = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+    times = torch.zeros(3, 1)
+    rgb, mask = bench.synthetic_object(rays_o, rays_d, times)
+    assert mask[:, 0].tolist() == [1.0, 0.0, 1.0]
+    # ray 0 hits the body at (0.45, 0, 0): normal +x -> colour (1, 0.5, 0.5); ray 1 misses: black
+    assert torch.allclose(rgb[0], torch.tensor([1.0, 0.5, 0.5]))
+    assert torch.equal(rgb[1], torch.zeros(3))
+    # ray 2 comes down the z axis: the head (centre (0.25, 0, 0.5) at t = 0, radius 0.22) is 0.25 away from it, so
+    # the ray passes beside the head and hits the top of the body, normal +z
+    assert torch.allclose(rgb[2], torch.tensor([0.5, 0.5, 1.0]))
+
+
+def test_phase_fraction_and_whole_prompt_estimate(tmp_path):
+    bench = load_benchmark()
+
+    class Cfg:
+        data = {"multi_view": {"width": [64, 256], "resolution_milestones": [5000]}}
+
+    class Flat:
+        data = {"multi_view": {"width": [256, 256], "resolution_milestones": [5000]}}
+
+    assert bench.phase_fraction(Cfg, "early", 10000) == 0.5
+    assert bench.phase_fraction(Cfg, "late", 25000) == 0.8
+    assert bench.phase_fraction(Flat, "early", 100000) == 1.0
+
+    def write(name, config, phase, fraction, max_steps, s_it):
+        data = {"config": config, "phase": phase, "phase_fraction": fraction, "max_steps": max_steps, "card": "X",
+                "fast_paths": "on", "fields": {"random": {"field": "random", "seconds_per_iter_weighted": s_it}}}
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+
+    files = [write("a.json", "s1", "early", 0.5, 10000, 0.036), write("b.json", "s1", "late", 0.5, 10000, 0.072),
+             write("c.json", "s3", "late", 1.0, 100000, 0.144)]  # fmt: skip
+    est = bench.estimate(files)
+    # 5000 * 0.036 + 5000 * 0.072 + 100000 * 0.144 seconds
+    assert math.isclose(est["hours"], (180 + 360 + 14400) / 3600)
+    assert [r["iterations"] for r in est["rows"]] == [5000, 5000, 100000]
+    # one phase of a two-phase stage measured alone: its rate for every iteration, flagged
+    only_late = bench.estimate([files[1]])
+    assert math.isclose(only_late["hours"], 10000 * 0.072 / 3600) and only_late["rows"][0]["one_phase_only"]
+
+
+def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--stage", "3", "--tiny", "--device", "cpu",
+           "--steps", "3", "--min-per-branch", "1", "--warmup", "1", "--breakdown-steps", "1", "--field", "both",
+           "--fit-steps", "3", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("iteration_stage_3_tiny_late_fast_tiny_*.json")
+    data = json.loads(path.read_text())
+    assert data["max_steps"] == 20 and data["phase_fraction"] == 1.0 and data["torch"] == torch.__version__
+    assert set(data["fields"]) == {"random", "fitted"}
+    assert math.isfinite(data["fit"]["loss_first"]) and data["fit"]["steps"] == 3
+    for field in data["fields"].values():
+        kinds = field["seconds_per_iter_by_kind"]
+        assert set(kinds) == {"multi_view", "single_view", "video"}  # every drawn branch was timed
+        assert sum(v["probability"] for v in kinds.values()) == pytest.approx(1.0)
+        assert field["seconds_per_iter_weighted"] > 0 and field["samples_per_ray_median"] > 0
+        assert set(field["breakdown_by_kind"]) == set(kinds)
+        for kind, phases in field["breakdown_by_kind"].items():
+            assert set(phases) == set(data["fields"]["random"]["breakdown_by_kind"][kind])
+            assert phases["render"] > 0 and phases["guidance"] > 0 and phases["backward"] > 0
+        assert field["breakdown_by_kind"]["video"]["vae_encode"] > 0
+    assert data["stage_hours_estimate"] > 0
+    est = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--estimate", str(path)],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert est.returncode == 0 and "whole prompt" in est.stdout
