@@ -1,0 +1,97 @@
+"""The README's speed table, made from the JSONs of ``benchmarks/iteration.py`` (and ``hash_grid.py``).
+
+    python benchmarks/speed_table.py benchmarks/results/iteration_*_nvidia-h200.json
+
+Pairs each config/phase measured with fast paths on and off (same card), and prints Markdown: branch-weighted
+seconds per iteration (random and fitted field), per-branch medians, peak memory, samples per ray, the speed-up
+over "off", and the whole-prompt estimate of the pipeline's three stages (``fourdfy_stage_1``, ``_2``, ``_3``).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from iteration import estimate  # noqa: E402
+
+SHORT = {"multi_view": "MV", "single_view": "VSD", "video": "video"}
+PIPELINE = ("configs/fourdfy_stage_1.yaml", "configs/fourdfy_stage_2.yaml", "configs/fourdfy_stage_3.yaml")
+
+
+def load(paths: list[str]) -> dict[tuple[str, str, str], dict]:
+    """Iteration JSONs keyed by (config, phase, fast_paths); the newest file wins on duplicates."""
+    runs: dict[tuple[str, str, str], dict] = {}
+    for p in sorted(paths, key=lambda f: Path(f).stat().st_mtime):
+        data = json.loads(Path(p).read_text())
+        if data.get("benchmark") != "iteration":
+            continue
+        data["_path"] = p
+        runs[(data["config"], data["phase"], data["fast_paths"])] = data
+    return runs
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None or x != x else format(x, spec)
+
+
+def table(runs: dict[tuple[str, str, str], dict]) -> str:
+    """Markdown rows, one per (config, phase) measured with fast paths on."""
+    lines = [
+        "| config (phase) | s/it, fast paths on: random field (fitted) | per branch, random field (median s) | "
+        "peak GiB | samples/ray random (fitted) | s/it, every fast path off | peak GiB off | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (config, phase, mode), on in sorted(runs.items()):
+        if mode != "on":
+            continue
+        off = runs.get((config, phase, "off"))
+        rnd, fit = on["fields"]["random"], on["fields"].get("fitted")
+        branches = ", ".join(f"{SHORT.get(k, k)} {v['median']:.3f}" for k, v in rnd["seconds_per_iter_by_kind"].items())
+        s_off = off["fields"]["random"]["seconds_per_iter_weighted"] if off else None
+        speedup = s_off / rnd["seconds_per_iter_weighted"] if off else None
+        name = Path(config).stem + (f" ({phase})" if on["phase_fraction"] < 1 else "")
+        lines.append(
+            f"| `{name}` | {fmt(rnd['seconds_per_iter_weighted'])} ({fmt(fit['seconds_per_iter_weighted'] if fit else None)}) "
+            f"| {branches} | {fmt(rnd['peak_memory_gib'], '.1f')} | {fmt(rnd['samples_per_ray_median'], '.1f')} "
+            f"({fmt(fit['samples_per_ray_median'] if fit else None, '.1f')}) | {fmt(s_off)} "
+            f"| {fmt(off['fields']['random']['peak_memory_gib'] if off else None, '.1f')} | {fmt(speedup, '.2f')}× |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def whole_prompt(runs: dict[tuple[str, str, str], dict]) -> str:
+    out = []
+    for mode in ("on", "off"):
+        files = [r["_path"] for (config, _, m), r in runs.items() if m == mode and config in PIPELINE]
+        if {runs[k]["config"] for k in runs if k[2] == mode and k[0] in PIPELINE} != set(PIPELINE):
+            continue
+        for field in ("random", "fitted"):
+            est = estimate(files, field)
+            if field == "fitted" and all(r["field"] != "fitted" for r in est["rows"]):
+                continue
+            parts = " + ".join(f"{r['hours']:.2f}" for r in est["rows"])
+            out.append(f"- fast paths {mode}, {field} field: {parts} = **{est['hours']:.1f} h** "
+                       f"({sum(r['iterations'] for r in est['rows'])} iterations)")  # fmt: skip
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json", nargs="+")
+    args = p.parse_args()
+    runs = load(args.json)
+    cards = sorted({r["card"] for r in runs.values()})
+    print(f"Card: {', '.join(cards)}; torch {', '.join(sorted({r['torch'] for r in runs.values()}))}\n")
+    print(table(runs))
+    print("\nWhole prompt (stages 1 + 2 + 3 at their configured iterations, branch-weighted):\n")
+    print(whole_prompt(runs))
+    grids = [json.loads(Path(f).read_text()) for f in args.json if Path(f).name.startswith("hash_grid")]
+    for g in grids:
+        print("\nHash grid alone:", json.dumps({k: v for k, v in g.items() if k not in ("rows",)})[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
