@@ -6,7 +6,9 @@ Per call, for ``B`` clips of ``T`` frames, ``rgb [B, T, H, W, 3]`` in [0, 1] (B 
 1. every frame is bilinearly resized to ``frame_size`` (320 x 512, VideoCrafter2's training size) and mapped to
    [-1, 1]: ``[B, 3, T, 320, 512]``;
 2. per-frame VAE encoding, posterior *sample* times 0.18215: ``z [B, 4, T, 40, 64]``. With ``low_ram_vae = k > 0``
-   only k frames drawn at random are encoded with autograd; the others are constants (no gradient);
+   only k frames drawn at random are encoded with autograd; the others are constants (no gradient). With
+   ``vae_checkpoint`` (default) the frames with autograd are encoded one per call under activation checkpointing
+   (encoder activations of one frame at a time, recomputed in backward), the posterior noise drawn once outside;
 3. text: ``[cond; uncond]`` from ``videocrafter-prompt-processor``, view-dependent by the clip's camera
    (``view_dependent_prompting``); 4D-fy's negative prompt is "low motion, static statue, not moving, no motion";
 4. ``t ~ U{min_step..max_step}`` per clip, with ``[min_step, max_step] = int(1000 C(pct))`` recomputed before every
@@ -130,6 +132,10 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """Text by the clip camera's direction (", front view", ...)."""
         low_ram_vae: int = -1
         """> 0: only this many random frames carry gradients through the VAE; <= 0: all frames."""
+        vae_checkpoint: bool = True
+        """Encode the frames with gradient one at a time under activation checkpointing: the VAE encoder's
+        activations are held for one frame at a time (recomputed in backward; the posterior sample is drawn once,
+        outside, so the latents are the same); false: all frames with gradient in one call, activations kept."""
         width_vid: int = 128
         """Unused (4D-fy: informational copy of ``data.single_view.width_vid``)."""
         height_vid: int = 80
@@ -218,14 +224,19 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         dtype, autocast = self.call_precision("vae")
         factor = self.vae.config.scaling_factor
 
-        def encode(x: Tensor) -> Tensor:
-            posterior = self.vae.encode(x.to(dtype)).latent_dist
-            return (posterior.sample(generator=generator) * factor).float()
+        def moments(x: Tensor) -> Tensor:  # deterministic: recomputed in backward under vae_checkpoint
+            return self.vae.encode(x.to(dtype)).latent_dist.parameters
+
+        def sample(m: Tensor) -> Tensor:
+            return video_sds.vae_posterior_sample(m, factor, generator)
 
         with autocast:
             images = video_sds.frames_to_bchw(rgb.float(), tuple(self.cfg.frame_size)) * 2.0 - 1.0
             with_grad = video_sds.grad_frame_mask(b, t, k, rgb.device, generator).reshape(-1)
-            return video_sds.frames_to_video(video_sds.encode_frames(encode, images, with_grad), b)
+            z = video_sds.encode_frames(
+                moments, images, with_grad, sample, checkpoint_frames=int(self.cfg.vae_checkpoint)
+            )
+            return video_sds.frames_to_video(z, b)
 
     def sample_draws(
         self, latents: Float[Tensor, "B C T h w"], generator: Optional[torch.Generator] = None
