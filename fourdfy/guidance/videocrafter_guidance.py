@@ -16,7 +16,8 @@ Per call, for ``B`` clips of ``T`` frames, ``rgb [B, T, H, W, 3]`` in [0, 1] (B 
 5. ``z_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) eps`` (4D-fy's plain noising; ``scale_arr_noising`` switches to
    VideoCrafter2's own ``sqrt(ᾱ_t) scale_arr[t] z + ...``);
 6. one UNet call on ``[z_t; z_t]`` with ``[t; t]``, ``[cond; uncond]`` and ``fps`` (8 in the configs), over the
-   clip's **T** frames;
+   clip's **T** frames; on CUDA replayed from a CUDA graph (``cuda_graph``; one graph per input shape and autocast
+   state, with a private memory pool as large as the forward's peak activations);
 7. ``eps_hat = eps_c + s (eps_c - eps_u)`` (s = ``guidance_scale``, 100);
 8. ``score = eps_hat - eps``, motion amplification ``score = mean_T(score) + m (score - mean_T(score))``
    (m = ``motion_amp_scale``, 30);
@@ -75,6 +76,7 @@ from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
 from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
+from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance.sds import WEIGHTING_STRATEGIES
 from fourdfy.guidance.video_sds_videocrafter import latent_scale, videocrafter_q_sample, videocrafter_sds_gradient
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -150,6 +152,10 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         scale_arr_noising: bool = False
         """Noise as VideoCrafter2 was trained (``sqrt(ᾱ_t) scale_arr[t] z + sqrt(1 - ᾱ_t) eps``, LVDM ``use_scale``)
         instead of 4D-fy's plain ``sqrt(ᾱ_t) z + ...`` (false, the default)."""
+        cuda_graph: bool = True
+        """On CUDA, replay the UNet forward from a CUDA graph (one per input shape and autocast state): the same
+        computation with fewer kernel launches, at the cost of a private memory pool of the forward's peak
+        activations."""
         device: Optional[str] = None
         """Run this guidance on its own device (e.g. ``cuda:1``); null: the system's device."""
 
@@ -186,6 +192,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         self.num_train_timesteps = int(table.shape[0])
         if c.enable_memory_efficient_attention:
             logger.info("%s.enable_memory_efficient_attention: already in effect (PyTorch SDPA attention)", self.path)
+        self._graphed_unet = GraphedForward(self._unet_call)
         self.min_step, self.max_step = self.step_range(0, 0)
 
     def _load_pretrained(self) -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
@@ -320,11 +327,14 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """Conditional and unconditional noise predictions, one UNet call on ``[z_t; z_t]`` (step 6), fp32."""
         dtype, autocast = self.call_precision("unet")
         fps = torch.full((2 * z_t.shape[0],), self.cfg.fps, device=z_t.device)
+        args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype), fps)
         with autocast:
-            eps = self.unet(torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype),
-                            fps=fps)  # fmt: skip
+            eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args)
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_cond, eps_uncond
+
+    def _unet_call(self, z: Tensor, t: Tensor, text: Tensor, fps: Tensor) -> Tensor:
+        return self.unet(z, t, text, fps=fps)
 
     def _scheduled(self, value: Scheduled) -> float:
         from fourdfy.schedule import scheduled_value
