@@ -3,13 +3,24 @@
 A guidance calls its frozen UNet with the same shapes every step, under ``no_grad``; on an H100 the MVDream UNet
 at the stage-1 shape is launch-bound: 31 ms eager vs 12 ms replayed from a CUDA graph
 (``benchmarks/results/mvdream_unet_nvidia-h100-80gb-hbm3.json``). :class:`GraphedForward` captures one graph per
-input signature (shapes, dtypes, device) and replays it; anything not on CUDA runs eagerly.
+input signature (shapes, dtypes, device, and the autocast state it is called under) and replays it; anything not on
+CUDA runs eagerly.
 """
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+
+def call_signature(tensors: tuple[Tensor, ...]) -> tuple:
+    """What a captured graph is specific to: each input's shape, dtype and device, and whether autocast is on for
+    the first input's device type, with which dtype (a graph captured under fp16 autocast replays fp16 kernels)."""
+    device_type = tensors[0].device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    state = (autocast, torch.get_autocast_dtype(device_type) if autocast else None)
+    return (state, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
 
 
 class GraphedForward:
@@ -17,7 +28,9 @@ class GraphedForward:
 
     Inputs are copied into static buffers before each replay and the output is cloned, so callers never see the
     graph's own memory. Graphs are captured lazily after ``warmup`` eager calls on a side stream (which also warms
-    up cuDNN/cuBLAS autotuning), and only under ``torch.no_grad``.
+    up cuDNN/cuBLAS autotuning), and only under ``torch.no_grad``. Under autocast (a guidance that keeps the
+    trainer's mixed precision), the graph is captured with the same autocast dtype and autocast's cast cache off
+    (a cached cast must not outlive the capture), one graph per autocast state (:func:`call_signature`).
     """
 
     def __init__(self, fn: Callable[..., Tensor], warmup: int = 3) -> None:
@@ -28,11 +41,11 @@ class GraphedForward:
     def __call__(self, *tensors: Tensor) -> Tensor:
         if not tensors[0].is_cuda or torch.is_grad_enabled():
             return self.fn(*tensors)
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+        key = call_signature(tensors)
         with torch.cuda.device(tensors[0].device):  # a placed guidance may live on another GPU
             entry = self.graphs.get(key)
             if entry is None:
-                entry = self._capture(tensors)
+                entry = self._capture(tensors, autocast_dtype=key[0][1])
                 self.graphs[key] = entry
             graph, static_in, static_out = entry
             for dst, src in zip(static_in, tensors):
@@ -40,15 +53,20 @@ class GraphedForward:
             graph.replay()
             return static_out.clone()
 
-    def _capture(self, tensors: tuple[Tensor, ...]) -> tuple:
+    def _capture(self, tensors: tuple[Tensor, ...], autocast_dtype: torch.dtype | None = None) -> tuple:
+        def autocast() -> contextlib.AbstractContextManager:
+            if autocast_dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
+
         static_in = [t.clone() for t in tensors]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), autocast():
             for _ in range(self.warmup):
                 self.fn(*static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), autocast():
             static_out = self.fn(*static_in)
         return graph, static_in, static_out

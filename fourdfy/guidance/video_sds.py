@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from jaxtyping import Bool, Float
 from torch import Tensor
 
@@ -45,28 +46,70 @@ def grad_frame_mask(
 
 
 def encode_frames(
-    encode: Callable[[Tensor], Tensor], images: Float[Tensor, "N 3 h w"], with_grad: Bool[Tensor, "N"]
+    encode: Callable[[Tensor], Tensor],
+    images: Float[Tensor, "N 3 h w"],
+    with_grad: Bool[Tensor, "N"],
+    sample: Optional[Callable[[Tensor], Tensor]] = None,
+    checkpoint_frames: int = 0,
 ) -> Float[Tensor, "N C h2 w2"]:
-    """Encode frames; only the rows where ``with_grad`` holds are differentiable.
+    """Encode frames, ``latents = sample(encode(images))``; only the rows where ``with_grad`` holds are
+    differentiable. The result is in the input order.
 
-    The frames with gradient are encoded in one call; the others one frame per call under ``no_grad`` (4D-fy's
-    ``low_ram_vae``: the activation memory of the frames without gradient is never held for more than one frame).
-    The result is in the input order.
+    The frames without gradient are encoded one frame per call under ``no_grad`` (4D-fy's ``low_ram_vae``: their
+    activation memory is never held for more than one frame). The frames with gradient are encoded in one call, or,
+    with ``checkpoint_frames = k > 0`` and autograd on, ``k`` frames per call, each call under activation
+    checkpointing (``torch.utils.checkpoint``, non-reentrant): the encoder's activations are kept for no frame
+    after its forward and are recomputed ``k`` frames at a time in backward. ``sample`` then runs once on all the
+    gradient frames' encodings, outside the checkpoints, so a random draw there (the VAE posterior's noise) is
+    drawn once, in the same shape and order as without checkpointing; ``encode`` must be deterministic (it runs
+    again in backward).
 
     Args:
-        encode: images ``[n, 3, h, w]`` -> latents ``[n, C, h2, w2]`` (any ``n`` >= 1).
+        encode: images ``[n, 3, h, w]`` -> per-frame encodings (any ``n`` >= 1): the latents themselves, or the
+            VAE posterior's parameters when ``sample`` turns them into latents.
         images: the frames.
         with_grad: per-frame flag.
+        sample: encodings of ``n`` frames -> latents ``[n, C, h2, w2]``; None: the encodings are the latents.
+        checkpoint_frames: frames per checkpointed ``encode`` call for the frames with gradient; 0: no checkpointing.
     """
+    if sample is None:
+        sample = _identity
+    grad = torch.is_grad_enabled()
+
+    def encode_with_grad(x: Tensor) -> Tensor:
+        if checkpoint_frames <= 0 or not grad:
+            return sample(encode(x))
+        parts = [
+            torch.utils.checkpoint.checkpoint(encode, chunk, use_reentrant=False)
+            for chunk in x.split(checkpoint_frames)
+        ]
+        return sample(torch.cat(parts))
+
     if bool(with_grad.all()):
-        return encode(images)
+        return encode_with_grad(images)
     idx_grad = with_grad.nonzero().flatten()
     idx_rest = (~with_grad).nonzero().flatten()
-    parts = [encode(images[idx_grad])] if idx_grad.numel() > 0 else []
+    parts = [encode_with_grad(images[idx_grad])] if idx_grad.numel() > 0 else []
     with torch.no_grad():
-        parts += [encode(images[i : i + 1]) for i in idx_rest.tolist()]
+        parts += [sample(encode(images[i : i + 1])) for i in idx_rest.tolist()]
     order = torch.cat([idx_grad, idx_rest])
     return torch.cat(parts)[order.argsort()]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def vae_posterior_sample(
+    moments: Float[Tensor, "N C2 h w"], scaling_factor: float, generator: Optional[torch.Generator] = None
+) -> Float[Tensor, "N C h w"]:
+    """Latents ``scaling_factor * (mean + std * eps)`` (fp32) from the VAE posterior's parameters ``moments =
+    [mean; logvar]`` on the channel axis (``AutoencoderKL.encode(x).latent_dist.parameters``), with diffusers'
+    ``DiagonalGaussianDistribution`` (``logvar`` clamped to [-30, 20], ``eps ~ N(0, 1)`` drawn from ``generator``
+    in the moments' dtype, one draw of the whole batch)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return (DiagonalGaussianDistribution(moments).sample(generator=generator) * scaling_factor).float()
 
 
 def frames_to_video(z: Float[Tensor, "BT C h w"], b: int) -> Float[Tensor, "B C T h w"]:

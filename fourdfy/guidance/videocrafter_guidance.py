@@ -6,7 +6,9 @@ Per call, for ``B`` clips of ``T`` frames, ``rgb [B, T, H, W, 3]`` in [0, 1] (B 
 1. every frame is bilinearly resized to ``frame_size`` (320 x 512, VideoCrafter2's training size) and mapped to
    [-1, 1]: ``[B, 3, T, 320, 512]``;
 2. per-frame VAE encoding, posterior *sample* times 0.18215: ``z [B, 4, T, 40, 64]``. With ``low_ram_vae = k > 0``
-   only k frames drawn at random are encoded with autograd; the others are constants (no gradient);
+   only k frames drawn at random are encoded with autograd; the others are constants (no gradient). With
+   ``vae_checkpoint`` (default) the frames with autograd are encoded one per call under activation checkpointing
+   (encoder activations of one frame at a time, recomputed in backward), the posterior noise drawn once outside;
 3. text: ``[cond; uncond]`` from ``videocrafter-prompt-processor``, view-dependent by the clip's camera
    (``view_dependent_prompting``); 4D-fy's negative prompt is "low motion, static statue, not moving, no motion";
 4. ``t ~ U{min_step..max_step}`` per clip, with ``[min_step, max_step] = int(1000 C(pct))`` recomputed before every
@@ -14,7 +16,8 @@ Per call, for ``B`` clips of ``T`` frames, ``rgb [B, T, H, W, 3]`` in [0, 1] (B 
 5. ``z_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) eps`` (4D-fy's plain noising; ``scale_arr_noising`` switches to
    VideoCrafter2's own ``sqrt(ᾱ_t) scale_arr[t] z + ...``);
 6. one UNet call on ``[z_t; z_t]`` with ``[t; t]``, ``[cond; uncond]`` and ``fps`` (8 in the configs), over the
-   clip's **T** frames;
+   clip's **T** frames; on CUDA replayed from a CUDA graph (``cuda_graph``; one graph per input shape and autocast
+   state, with a private memory pool as large as the forward's peak activations);
 7. ``eps_hat = eps_c + s (eps_c - eps_u)`` (s = ``guidance_scale``, 100);
 8. ``score = eps_hat - eps``, motion amplification ``score = mean_T(score) + m (score - mean_T(score))``
    (m = ``motion_amp_scale``, 30);
@@ -73,6 +76,7 @@ from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
 from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
+from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance.sds import WEIGHTING_STRATEGIES
 from fourdfy.guidance.video_sds_videocrafter import latent_scale, videocrafter_q_sample, videocrafter_sds_gradient
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -130,6 +134,10 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """Text by the clip camera's direction (", front view", ...)."""
         low_ram_vae: int = -1
         """> 0: only this many random frames carry gradients through the VAE; <= 0: all frames."""
+        vae_checkpoint: bool = True
+        """Encode the frames with gradient one at a time under activation checkpointing: the VAE encoder's
+        activations are held for one frame at a time (recomputed in backward; the posterior sample is drawn once,
+        outside, so the latents are the same); false: all frames with gradient in one call, activations kept."""
         width_vid: int = 128
         """Unused (4D-fy: informational copy of ``data.single_view.width_vid``)."""
         height_vid: int = 80
@@ -144,6 +152,10 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         scale_arr_noising: bool = False
         """Noise as VideoCrafter2 was trained (``sqrt(ᾱ_t) scale_arr[t] z + sqrt(1 - ᾱ_t) eps``, LVDM ``use_scale``)
         instead of 4D-fy's plain ``sqrt(ᾱ_t) z + ...`` (false, the default)."""
+        cuda_graph: bool = True
+        """On CUDA, replay the UNet forward from a CUDA graph (one per input shape and autocast state): the same
+        computation with fewer kernel launches, at the cost of a private memory pool of the forward's peak
+        activations."""
         device: Optional[str] = None
         """Run this guidance on its own device (e.g. ``cuda:1``); null: the system's device."""
 
@@ -180,6 +192,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         self.num_train_timesteps = int(table.shape[0])
         if c.enable_memory_efficient_attention:
             logger.info("%s.enable_memory_efficient_attention: already in effect (PyTorch SDPA attention)", self.path)
+        self._graphed_unet = GraphedForward(self._unet_call)
         self.min_step, self.max_step = self.step_range(0, 0)
 
     def _load_pretrained(self) -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
@@ -218,14 +231,19 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         dtype, autocast = self.call_precision("vae")
         factor = self.vae.config.scaling_factor
 
-        def encode(x: Tensor) -> Tensor:
-            posterior = self.vae.encode(x.to(dtype)).latent_dist
-            return (posterior.sample(generator=generator) * factor).float()
+        def moments(x: Tensor) -> Tensor:  # deterministic: recomputed in backward under vae_checkpoint
+            return self.vae.encode(x.to(dtype)).latent_dist.parameters
+
+        def sample(m: Tensor) -> Tensor:
+            return video_sds.vae_posterior_sample(m, factor, generator)
 
         with autocast:
             images = video_sds.frames_to_bchw(rgb.float(), tuple(self.cfg.frame_size)) * 2.0 - 1.0
             with_grad = video_sds.grad_frame_mask(b, t, k, rgb.device, generator).reshape(-1)
-            return video_sds.frames_to_video(video_sds.encode_frames(encode, images, with_grad), b)
+            z = video_sds.encode_frames(
+                moments, images, with_grad, sample, checkpoint_frames=int(self.cfg.vae_checkpoint)
+            )
+            return video_sds.frames_to_video(z, b)
 
     def sample_draws(
         self, latents: Float[Tensor, "B C T h w"], generator: Optional[torch.Generator] = None
@@ -309,11 +327,14 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """Conditional and unconditional noise predictions, one UNet call on ``[z_t; z_t]`` (step 6), fp32."""
         dtype, autocast = self.call_precision("unet")
         fps = torch.full((2 * z_t.shape[0],), self.cfg.fps, device=z_t.device)
+        args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype), fps)
         with autocast:
-            eps = self.unet(torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype),
-                            fps=fps)  # fmt: skip
+            eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args)
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_cond, eps_uncond
+
+    def _unet_call(self, z: Tensor, t: Tensor, text: Tensor, fps: Tensor) -> Tensor:
+        return self.unet(z, t, text, fps=fps)
 
     def _scheduled(self, value: Scheduled) -> float:
         from fourdfy.schedule import scheduled_value

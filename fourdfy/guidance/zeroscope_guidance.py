@@ -7,7 +7,10 @@ Per call, for ``B`` clips of ``T`` frames rendered at ``H x W`` (4D-fy: ``B = 1`
    and mapped to [-1, 1];
 2. each frame is encoded by the SD VAE: ``z = 0.18215 * sample(posterior)``, laid out as ``[B, 4, T, 40, 72]``.
    With ``low_ram_vae = k > 0``, ``k`` random frames per clip are encoded with gradient and the others under
-   ``no_grad`` (one frame per call), so only those ``k`` frames of the renders receive gradient; ``-1``: all;
+   ``no_grad`` (one frame per call), so only those ``k`` frames of the renders receive gradient; ``-1``: all.
+   With ``vae_checkpoint`` (default) the frames with gradient are encoded one per call under activation
+   checkpointing (encoder activations of one frame at a time, recomputed in backward); the posterior noise is
+   drawn once for them all, outside the checkpoints;
 3. one ``t ~ U{min_step..max_step}`` per clip, ``min/max_step = int(1000 * pct)`` (4D-fy: [20, 980], never
    annealed), and ``z_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) eps`` with ZeroScope's DDIM ᾱ table;
 4. the UNet3D on ``[z_t; z_t]`` with ``[cond; uncond]`` text (view-dependent, from the clip's camera; the ZeroScope
@@ -34,7 +37,8 @@ Differences from 4D-fy, on purpose:
 - ``pretrained_model_name_or_path`` defaults to ``cerspense/zeroscope_v2_576w`` (4D-fy: null, which failed);
 - ``low_ram_vae`` picks ``k`` frames per clip (4D-fy: ``k`` among all ``B*T`` frames; the same with 4D-fy's
   ``B = 1``); ``k >= T`` means every frame (4D-fy crashed); ``0`` is rejected (4D-fy treated it as -1);
-  the frames with gradient are encoded in one VAE call (4D-fy: one call per frame; the same computation);
+  the frames with gradient are encoded one per checkpointed call (``vae_checkpoint``) or in one call (4D-fy: one
+  call per frame, activations kept; the same computation);
 - the timestep reaches the UNet as int64 (4D-fy cast it to fp16, which is exact for integers up to 2048);
 - ``min_step_percent`` / ``max_step_percent`` may be scheduled values and are re-evaluated every step, and the
   optional max-step anneal (``anneal_start_step``, null in every 4D-fy config) is a function of the live step
@@ -178,6 +182,10 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         """Text with ", front view" etc. from the clip's camera (as 4D-fy)."""
         low_ram_vae: int = -1
         """Frames per clip encoded with gradient (a random subset; the rest without); -1: all frames."""
+        vae_checkpoint: bool = True
+        """Encode the frames with gradient one at a time under activation checkpointing: the VAE encoder's
+        activations are held for one frame at a time (recomputed in backward; the posterior sample is drawn once,
+        outside, so the latents are the same); false: all frames with gradient in one call, activations kept."""
         cuda_graph: bool = True
         """On CUDA, replay the UNet forward from a CUDA graph (one per input shape): the same computation with
         fewer kernel launches, at the cost of a private memory pool of the forward's peak activations."""
@@ -284,15 +292,17 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         with torch.autocast(device_type=rgb.device.type, enabled=False):
             images = video_sds.frames_to_bchw(rgb.float(), self.video_size) * 2.0 - 1.0
             with_grad = video_sds.grad_frame_mask(b, t, self.cfg.low_ram_vae, rgb.device, generator).reshape(-1)
-            encode = functools.partial(self._encode_images, generator=generator)
-            z = video_sds.encode_frames(encode, images, with_grad)
+            sample = functools.partial(
+                video_sds.vae_posterior_sample, scaling_factor=self.vae.config.scaling_factor, generator=generator
+            )
+            z = video_sds.encode_frames(
+                self._encode_moments, images, with_grad, sample, checkpoint_frames=int(self.cfg.vae_checkpoint)
+            )
         return video_sds.frames_to_video(z, b)
 
-    def _encode_images(
-        self, images: Float[Tensor, "N 3 h w"], generator: Optional[torch.Generator] = None
-    ) -> Float[Tensor, "N C h2 w2"]:
-        posterior = self.vae.encode(images.to(self.weights_dtype)).latent_dist
-        return (posterior.sample(generator=generator) * self.vae.config.scaling_factor).float()
+    def _encode_moments(self, images: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N C2 h2 w2"]:
+        """The VAE posterior's parameters ``[mean; logvar]`` (deterministic), in the weights' dtype."""
+        return self.vae.encode(images.to(self.weights_dtype)).latent_dist.parameters
 
     def sample_draws(
         self, latents: Float[Tensor, "B C T h w"], generator: Optional[torch.Generator] = None

@@ -9,7 +9,9 @@ each carrying its time, so a 16-frame clip is one occupancy sampling and one fie
 as 16 calls with the time set on the encoder). Every sample is evaluated at its ray's time.
 
 The mask renderer additionally caps how many samples carry gradients: beyond ``grad_budget`` a random subset
-is evaluated with autograd and the rest under ``no_grad`` (4D-fy's ``train_max_nums`` memory knob).
+is evaluated with autograd and the rest under ``no_grad`` (4D-fy's ``train_max_nums`` memory knob). The full
+renderer keeps every sample differentiable but, above ``checkpoint_samples`` samples in training, shades them in
+activation-checkpointed ray groups, so the per-sample activations of only one group are held at a time.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -39,16 +42,21 @@ class Shading:
     """Deformation offset of the sample (deformation geometry only)."""
 
 
-def composite(
+def composite_foreground(
     shading: Shading,
     t_starts: Float[Tensor, "S"],
     t_ends: Float[Tensor, "S"],
     ray_indices: Int[Tensor, "S"],
-    bg: Float[Tensor, "R 3"],
-) -> dict[str, Optional[Tensor]]:
-    """Front-to-back compositing of packed samples. Returns per-ray ``comp_rgb``, ``comp_rgb_fg``, ``opacity``,
-    ``depth`` (not divided by opacity), ``z_variance`` and ``deformation`` (``None`` without one)."""
-    n_rays = bg.shape[0]
+    n_rays: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Front-to-back compositing of packed samples without the background: per-ray ``(fg [R, 3], opacity [R, 1],
+    depth [R, 1], z_variance [R, 1], deformation [R, 3] or None)``.
+
+    ``w_i = T_i (1 - exp(-sigma_i dt_i))`` along each ray; ``fg = sum w_i rgb_i``, ``opacity = sum w_i``,
+    ``depth = sum w_i t_i`` (not divided by opacity), ``z_variance = sum w_i (t_i - depth)^2``, ``deformation =
+    sum w_i d_i``, with ``t_i`` the interval midpoints. Rays without samples get zeros. Each ray only uses its own
+    samples, so rays may be composited in separate groups and concatenated.
+    """
     weights, _, _ = render_weight_from_density(t_starts, t_ends, shading.density, ray_indices, n_rays)
     t_mid = (t_starts + t_ends)[:, None] * 0.5
     opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
@@ -58,6 +66,18 @@ def composite(
     deformation = None
     if shading.deformation is not None:
         deformation = accumulate_along_rays(weights, shading.deformation, ray_indices, n_rays)
+    return fg, opacity, depth, z_var, deformation
+
+
+def with_background(
+    fg: Float[Tensor, "R 3"],
+    opacity: Float[Tensor, "R 1"],
+    depth: Float[Tensor, "R 1"],
+    z_var: Float[Tensor, "R 1"],
+    deformation: Optional[Float[Tensor, "R 3"]],
+    bg: Float[Tensor, "R 3"],
+) -> dict[str, Optional[Tensor]]:
+    """The per-ray outputs of :func:`composite` from the foreground parts: ``comp_rgb = fg + bg * (1 - opacity)``."""
     return {
         "comp_rgb": fg + bg * (1.0 - opacity),
         "comp_rgb_fg": fg,
@@ -67,6 +87,52 @@ def composite(
         "z_variance": z_var,
         "deformation": deformation,
     }
+
+
+def composite(
+    shading: Shading,
+    t_starts: Float[Tensor, "S"],
+    t_ends: Float[Tensor, "S"],
+    ray_indices: Int[Tensor, "S"],
+    bg: Float[Tensor, "R 3"],
+) -> dict[str, Optional[Tensor]]:
+    """Front-to-back compositing of packed samples. Returns per-ray ``comp_rgb``, ``comp_rgb_fg``, ``opacity``,
+    ``depth`` (not divided by opacity), ``z_variance`` and ``deformation`` (``None`` without one)."""
+    return with_background(*composite_foreground(shading, t_starts, t_ends, ray_indices, bg.shape[0]), bg)
+
+
+def ray_groups(ray_indices: Int[Tensor, "S"], n_rays: int, group_samples: int) -> list[tuple[int, int, int, int]]:
+    """Split packed samples (sorted by ray) into groups of whole, contiguous rays of about ``group_samples``
+    samples each; returns ``(first_ray, end_ray, first_sample, end_sample)`` per group (ends exclusive).
+
+    Rule: the samples are cut at positions ``k * group_samples`` (``k = 1 .. ceil(S / group_samples) - 1``) and each
+    cut moves back to the first sample of the ray it falls in; a cut that would leave a group without samples is
+    dropped. So a group has fewer than ``group_samples + L`` samples (``L``: the most samples of one ray), every
+    group has at least one sample, the groups cover rays ``0 .. n_rays`` and samples ``0 .. S`` in order, and rays
+    without samples belong to the group before them (the first group for leading ones). One host sync (the cut
+    positions); a single group when ``S <= group_samples``.
+
+    Example (``group_samples = 3``, ``L = 3``)::
+
+        ray_indices = [0, 0, 1, 1, 1, 3, 4, 4]   n_rays = 6
+        cuts at samples 3 and 6 -> in rays 1 and 4 -> moved back to samples 2 and 6
+        groups: (0, 1, 0, 2), (1, 4, 2, 6), (4, 6, 6, 8)
+    """
+    if group_samples < 1:
+        raise ValueError(f"group_samples must be >= 1, got {group_samples}")
+    n = ray_indices.shape[0]
+    if n <= group_samples:
+        return [(0, n_rays, 0, n)]
+    positions = torch.arange(group_samples, n, group_samples, device=ray_indices.device)
+    cut_rays = ray_indices[positions]
+    cut_samples = torch.searchsorted(ray_indices, cut_rays)
+    rays, samples = torch.stack([cut_rays.long(), cut_samples.long()]).tolist()  # the one host sync
+    bounds = [(0, 0)]
+    for r, s in zip(rays, samples):
+        if s > bounds[-1][1]:
+            bounds.append((r, s))
+    bounds.append((n_rays, n))
+    return [(r0, r1, s0, s1) for (r0, s0), (r1, s1) in zip(bounds[:-1], bounds[1:])]
 
 
 @register("nerf-volume-renderer")
@@ -85,6 +151,12 @@ class NeRFVolumeRenderer(Renderer):
         """Drop samples with opacity < 0.01 (or the grid's mean occupancy, if lower) before shading."""
         occ_grid_res: int = ranged(32, ge=1)
         """Occupancy grid resolution."""
+        checkpoint_samples: int = ranged(4_000_000, ge=0)
+        """Gradient-carrying samples per checkpointed group in training. A render with more samples than this is
+        split into groups of whole rays of about this many samples (:func:`ray_groups`), each shaded and composited
+        under activation checkpointing: only per-ray outputs are kept after the forward, and backward recomputes
+        the shading one group at a time (same values and gradients, one extra shading forward). 0 turns it off
+        (the whole render's per-sample activations are kept)."""
 
 
     def configure(self) -> None:
@@ -152,11 +224,46 @@ class NeRFVolumeRenderer(Renderer):
         self, rays_o: Float[Tensor, "R 3"], rays_d: Float[Tensor, "R 3"], ray_times: Float[Tensor, "R 1"],
         grad_budget: Optional[int] = None,
     ) -> tuple[dict, int]:  # fmt: skip
-        """Render flat rays, each at its own time; returns per-ray outputs and the number of samples."""
+        """Render flat rays, each at its own time; returns per-ray outputs and the number of samples. In training
+        with gradients and more samples than :meth:`checkpoint_group_samples`, the shading and compositing run in
+        checkpointed ray groups (:meth:`shade_and_composite_checkpointed`)."""
         ray_indices, t_starts, t_ends = self.sample(rays_o, rays_d, ray_times)
-        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, grad_budget)
+        n = int(ray_indices.shape[0])
+        group = self.checkpoint_group_samples(grad_budget)
+        if group > 0 and n > group and self.training and torch.is_grad_enabled():
+            parts = self.shade_and_composite_checkpointed(
+                ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, group
+            )
+        else:
+            shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, grad_budget)
+            parts = composite_foreground(shading, t_starts, t_ends, ray_indices, rays_o.shape[0])
         bg = self.background(rays_d)
-        return composite(shading, t_starts, t_ends, ray_indices, bg), int(ray_indices.shape[0])
+        return with_background(*parts, bg), n
+
+    def checkpoint_group_samples(self, grad_budget: Optional[int]) -> int:
+        """Samples per checkpointed group (``checkpoint_samples``); 0 (no checkpointing) under a gradient budget."""
+        return self.cfg.checkpoint_samples if grad_budget is None else 0
+
+    def shade_and_composite_checkpointed(
+        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
+        ray_times: Tensor, group_samples: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:  # fmt: skip
+        """:func:`composite_foreground` of all rays, computed in ray groups of about ``group_samples`` samples
+        (:func:`ray_groups`), each under ``torch.utils.checkpoint`` (non-reentrant; the RNG state is replayed in the
+        recompute): the samples' activations of a group are freed after its forward and rebuilt in backward."""
+        outputs = []
+        for r0, r1, s0, s1 in ray_groups(ray_indices, rays_o.shape[0], group_samples):
+            outputs.append(torch.utils.checkpoint.checkpoint(
+                self._shade_and_composite_group, ray_indices[s0:s1] - r0, t_starts[s0:s1], t_ends[s0:s1],
+                rays_o[r0:r1], rays_d[r0:r1], ray_times[r0:r1], use_reentrant=False,
+            ))  # fmt: skip
+        return tuple(None if out[0] is None else torch.cat(out) for out in zip(*outputs))
+
+    def _shade_and_composite_group(
+        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, ray_times: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None)
+        return composite_foreground(shading, t_starts, t_ends, ray_indices, rays_o.shape[0])
 
     def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
         rays_o, rays_d, ray_times = flat_rays(batch)
@@ -226,6 +333,9 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
 
     def gradient_budget(self, video: bool) -> Optional[int]:
         return self.cfg.train_max_nums if video else self.cfg.train_max_nums_static
+
+    def checkpoint_group_samples(self, grad_budget: Optional[int]) -> int:
+        return 0  # this renderer caps the gradient-carrying samples instead (train_max_nums)
 
     def shade_samples(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,

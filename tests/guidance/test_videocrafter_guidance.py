@@ -168,6 +168,30 @@ def test_low_ram_vae_gives_gradients_to_exactly_k_frames(guidance, low_ram_vae, 
         assert len(counts) > 1  # the frames are drawn anew per call
 
 
+@pytest.mark.parametrize("low_ram_vae", [-1, 2])
+def test_vae_checkpoint_gives_the_same_latents_and_gradients(guidance, low_ram_vae):
+    assert guidance.cfg.vae_checkpoint  # the default
+    frames = make_rgb(1, 4)
+    weights = torch.randn(1, 4, 4, *LATENT, generator=torch.Generator().manual_seed(1))
+    results = []
+    for on in (True, False):
+        with_cfg(guidance, low_ram_vae=low_ram_vae, vae_checkpoint=on)
+        batches = []
+        hook = guidance.vae.encoder.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+        rgb = frames.clone().requires_grad_(True)
+        z = guidance.encode_frames(rgb, torch.Generator().manual_seed(9))
+        (z * weights).sum().backward()
+        hook.remove()
+        results.append((z.detach(), rgb.grad, batches))
+    (z_on, grad_on, calls_on), (z_off, grad_off, calls_off) = results
+    torch.testing.assert_close(z_on, z_off, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_on, grad_off, atol=1e-6, rtol=1e-5)
+    n_grad = 4 if low_ram_vae < 0 else 2
+    assert int((grad_on.abs().sum(dim=(0, 2, 3, 4)) > 0).sum()) == n_grad
+    assert calls_on == [1] * (4 + n_grad)  # frame by frame, the gradient frames recomputed in backward
+    assert calls_off == [n_grad] + [1] * (4 - n_grad)
+
+
 def test_forward_is_reproducible_with_a_generator_and_draws_follow_the_schedule(guidance):
     rgb, prompts, batch = make_rgb(1, 4), make_prompts(), make_batch(1, 4)
     a = guidance(rgb, prompts, batch, generator=torch.Generator().manual_seed(5)).losses["sds_video"]

@@ -141,7 +141,7 @@ def test_frames_are_resized_to_320x576(guidance):
     assert full.video_size == (320, 576)
     seen = {}
     hooks = [
-        full.vae.encoder.register_forward_pre_hook(lambda m, args: seen.setdefault("vae", args[0].shape) and None),
+        full.vae.encoder.register_forward_pre_hook(lambda m, args: seen.setdefault("vae", []).append(args[0].shape)),
         full.unet.register_forward_pre_hook(lambda m, args: seen.setdefault("unet", args[0].shape) and None),
     ]
     prompts = ZeroscopePromptProcessor({"prompt": "a panda dancing", "pretrained_model_name_or_path": TINY,
@@ -150,7 +150,7 @@ def test_frames_are_resized_to_320x576(guidance):
     out = full(rgb, prompts, make_video_batch(1, 2), generator=torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()
-    assert seen["vae"] == (2, 3, 320, 576)  # every frame, at 576x320
+    assert seen["vae"] == [(1, 3, 320, 576)] * 2  # every frame, at 576x320 (one per call: vae_checkpoint)
     assert seen["unet"] == (2, 4, 2, 40, 72)  # [cond; uncond] x 4 channels x 2 frames x 40x72 latents
     out.losses["sds_video"].backward()
     assert torch.isfinite(rgb.grad).all() and (rgb.grad.abs().sum(dim=(2, 3, 4)) > 0).all()
@@ -208,6 +208,31 @@ def test_encode_frames_keeps_order_and_detaches_the_rest():
     z.square().sum().backward()
     per_frame = images.grad.abs().sum(dim=(1, 2, 3))
     assert ((per_frame > 0) == mask).all()
+
+
+@pytest.mark.parametrize("k", [-1, 2])
+def test_vae_checkpoint_gives_the_same_latents_and_gradients(k):
+    on, off = make_guidance(low_ram_vae=k), make_guidance(low_ram_vae=k, vae_checkpoint=False)
+    assert on.cfg.vae_checkpoint and not off.cfg.vae_checkpoint
+    frames = torch.rand(2, 4, 6, 8, 3)
+    weights = torch.randn(2, 4, 4, 2, 3)
+    results = []
+    for g in (on, off):
+        batches = []
+        hook = g.vae.encoder.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+        rgb = frames.clone().requires_grad_(True)
+        z = g.encode_video(rgb, torch.Generator().manual_seed(4))
+        (z * weights).sum().backward()
+        hook.remove()
+        results.append((z.detach(), rgb.grad, batches))
+    (z_on, grad_on, calls_on), (z_off, grad_off, calls_off) = results
+    torch.testing.assert_close(z_on, z_off, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_on, grad_off, atol=1e-6, rtol=1e-5)
+    assert int((grad_on.abs().sum(dim=(2, 3, 4)) > 0).sum()) == (8 if k < 0 else 4)
+    n_grad = 8 if k < 0 else 4
+    # on: one frame per encoder call, the frames with gradient encoded again in backward; off: one call for them
+    assert calls_on == [1] * (8 + n_grad)
+    assert calls_off == [n_grad] + [1] * (8 - n_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------
