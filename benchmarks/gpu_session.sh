@@ -13,7 +13,7 @@ set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 log="$OUT/gpu_session.log"
-rm -f .whl/nerfacc-*.whl   # nerfacc would JIT-compile its CUDA extension on first use (minutes): keep it out
+rm -f .whl/nerfacc-*.whl   # nerfacc is not used (issue 12); a carried wheel would only cost install time
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 {
