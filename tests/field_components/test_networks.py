@@ -8,14 +8,20 @@ from fourdfy.field_components.activations import Activation
 from fourdfy.field_components.encoding_configs import parse_mlp_config
 from fourdfy.field_components.networks import VanillaMLP, get_mlp, runs_reduced
 
-BF16_UNIT_ROUNDOFF = 2.0**-8
-"""bf16 keeps 8 significand bits: rounding a value changes it by at most this fraction."""
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+"""bf16 keeps 8 significand bits, fp16 11: rounding a value changes it by at most this fraction."""
+REDUCED_CASES = [
+    pytest.param("cpu", torch.bfloat16, "autocast", id="cpu-bf16-autocast"),
+    pytest.param("cuda", torch.float16, "auto", id="cuda-fp16-auto",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+]  # fmt: skip
+"""The reduced mode where it runs: ``autocast`` under CPU bf16; ``auto`` under CUDA fp16 (what 16-mixed does)."""
 
 
-def pair(n_hidden_layers: int, seed: int) -> tuple[VanillaMLP, VanillaMLP]:
-    """An ``autocast`` MLP and an ``fp32`` MLP with the same weights."""
+def pair(n_hidden_layers: int, seed: int, precision: str = "autocast") -> tuple[VanillaMLP, VanillaMLP]:
+    """A reduced-precision MLP and an ``fp32`` MLP with the same weights."""
     torch.manual_seed(seed)
-    reduced = VanillaMLP(32, 4, n_neurons=64, n_hidden_layers=n_hidden_layers, precision="autocast")
+    reduced = VanillaMLP(32, 4, n_neurons=64, n_hidden_layers=n_hidden_layers, precision=precision)
     full = VanillaMLP(32, 4, n_neurons=64, n_hidden_layers=n_hidden_layers, precision="fp32")
     full.load_state_dict(reduced.state_dict(), strict=True)
     return reduced, full
@@ -75,28 +81,29 @@ def test_full_precision_ignores_cpu_autocast_bitwise(precision):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("device, dtype, precision", REDUCED_CASES)
 @pytest.mark.parametrize("n_hidden_layers", [1, 2, 3])
-def test_reduced_precision_under_cpu_autocast_agrees_with_fp32(n_hidden_layers):
-    # Tolerance: each linear layer rounds its two operands to bf16 (relative error <= u = 2^-8 each) and
+def test_reduced_precision_under_autocast_agrees_with_fp32(n_hidden_layers, device, dtype, precision):
+    # Tolerance: each linear layer rounds its two operands to bf16/fp16 (relative error <= u each) and
     # accumulates in fp32, so to first order a layer adds <= 2u of relative error and L linear layers <= 2 L u
     # (measured: about 0.5 L u, over 30 seeds). Backward is the same GEMMs transposed, with the same bound.
     # ReLU's derivative is discontinuous: where rounding flips the sign of a pre-activation the gradient of that
     # sample differs by O(1), not O(u) (about 0.1 % of units, which moves a few % of the samples). So gradients are
     # compared on the samples whose ReLU pattern is the same in both passes (the others get a zero upstream
     # gradient); most samples qualify.
-    reduced, full = pair(n_hidden_layers, seed=n_hidden_layers)
+    reduced, full = (m.to(device) for m in pair(n_hidden_layers, seed=n_hidden_layers, precision=precision))
     masks_r, masks_f = relu_masks(reduced), relu_masks(full)
-    x = torch.randn(512, 32, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(512, 32, generator=torch.Generator().manual_seed(1)).to(device)
     xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         yr, yf = reduced(xr), full(xf)
     assert yr.dtype == yf.dtype == torch.float32
-    assert not torch.equal(yr, yf)  # the reduced path did run in bf16
-    tol = 2 * (n_hidden_layers + 1) * BF16_UNIT_ROUNDOFF
+    assert not torch.equal(yr, yf)  # the reduced path did run in reduced precision
+    tol = 2 * (n_hidden_layers + 1) * UNIT_ROUNDOFF[dtype]
     assert rel_err(yr, yf) < tol
     same = torch.stack([(a == b).all(-1) for a, b in zip(masks_r, masks_f)]).all(0)
     assert same.float().mean() > 0.6
-    upstream = torch.randn(yf.shape, generator=torch.Generator().manual_seed(2)) * same[:, None]
+    upstream = torch.randn(yf.shape, generator=torch.Generator().manual_seed(2)).to(device) * same[:, None]
     (yr * upstream).sum().backward()
     (yf * upstream).sum().backward()
     assert rel_err(xr.grad, xf.grad) < tol
