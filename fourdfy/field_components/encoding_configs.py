@@ -20,6 +20,9 @@ Keys that are accepted but have no effect here, on purpose:
   ignores them, so there is no coarse-to-fine schedule. They are validated, kept, and logged once.
 * ``num_frames`` of the SpatialTime encodings: read by the system (number of video frames), not by the encoder.
 
+``precision`` (``auto``/``autocast``/``fp32``) of a ``VanillaMLP`` is this project's addition too: whether the MLP's
+linear layers follow the ambient autocast (see :class:`VanillaMLPConfig`).
+
 ``implementation`` (``auto``/``torch``/``tcnn``/``triton``) is this project's addition: which hash-grid backend to use
 (``auto``: tiny-cuda-nn if it imports, else Triton on CUDA, else PyTorch).
 """
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 _logged_inert: set[str] = set()
+
+MLP_PRECISIONS = ("auto", "autocast", "fp32")
+"""Values of a network dict's ``precision`` (see :class:`VanillaMLPConfig`)."""
 
 
 def _positive(name: str, value: Union[int, float]) -> None:
@@ -111,6 +117,12 @@ class VanillaMLPConfig:
     activation: str = "ReLU"
     output_activation: Optional[str] = "none"
     bias: bool = False
+    precision: str = choice("auto", MLP_PRECISIONS, "precision of the linear layers (project extension)")
+    """Precision of the linear layers (this project's key; 4D-fy's tcnn ``FullyFusedMLP`` always ran fp16).
+    ``auto``: on CUDA the layers follow the ambient autocast (``trainer.precision: 16-mixed`` runs them in fp16,
+    the GradScaler guarding the backward; no autocast: fp32); off CUDA they run in fp32 with autocast disabled.
+    ``autocast``: follow the ambient autocast on every device (e.g. CPU bf16). ``fp32``: always fp32 with autocast
+    disabled (the behaviour before this key). Outputs are float32 in every mode; parameters stay fp32."""
 
     def __post_init__(self) -> None:
         _positive("n_neurons", self.n_neurons)

@@ -284,6 +284,7 @@ class HashGridSpatialTimeDeform(nn.Module):
             activation=net.activation,
             output_activation=net.output_activation,
             bias=net.bias,
+            precision=net.precision,
         )
         self.n_output_dims = self.encoding.n_output_dims
         if self.static:

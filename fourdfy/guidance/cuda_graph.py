@@ -53,6 +53,12 @@ class GraphedForward:
             graph.replay()
             return static_out.clone()
 
+    def reset(self) -> None:
+        """Drop every captured graph (and its memory pool): the next no-grad CUDA call captures again. Needed after
+        anything that gives the wrapped network's parameters new storage (a move or cast), since a graph reads the
+        addresses it was captured with; in-place updates (optimizer steps, ``load_state_dict``) need no reset."""
+        self.graphs.clear()
+
     def _capture(self, tensors: tuple[Tensor, ...], autocast_dtype: torch.dtype | None = None) -> tuple:
         def autocast() -> contextlib.AbstractContextManager:
             if autocast_dtype is None:

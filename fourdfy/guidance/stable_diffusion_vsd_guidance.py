@@ -48,6 +48,15 @@ Differences from 4D-fy, on purpose:
   with its single-view batches of B = 1;
 - ``enable_sequential_cpu_offload`` is rejected (see :class:`StableDiffusionVSDGuidance.Config`).
 
+CUDA graphs (``cuda_graph``, on by default): the two no-grad UNet calls of :meth:`StableDiffusionVSDGuidance.vsd_gradient`
+(the pretrained UNet on ``[cond; uncond]`` and the LoRA UNet's ``eps_phi``) are replayed from CUDA graphs
+(:class:`fourdfy.guidance.cuda_graph.GraphedForward`, one graph per input shape), as in the MVDream and ZeroScope
+guidances. A graph reads its parameters from the addresses they had at capture; the LoRA adapters and the camera MLP
+are trained by a ``torch.optim`` optimizer, whose steps update them in place (same storage), so every replay sees the
+current values. Moving or casting the module (``.to``, which may allocate new parameter storage) drops the graphs;
+they are captured again on the next call. The LoRA loss's forward needs gradients and always runs eagerly. Off CUDA
+everything runs eagerly.
+
 The official SD 2.1 hub repositories were removed in Nov 2025; local diffusers folders (``unet/``,
 ``scheduler/``, ``vae/``) are the first-class way to point at weights. The reserved names ``tiny-random-sd-eps``
 and ``tiny-random-sd-v`` build seeded tiny random models for CPU runs and tests (:mod:`fourdfy.stand_ins`).
@@ -56,6 +65,7 @@ Loading lives in :mod:`fourdfy.guidance.sd_loading`.
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -67,6 +77,7 @@ from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.guidance import precision, sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
+from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance.lora import inject_lora
 from fourdfy.guidance.sd_loading import SDComponents, load_sd_components
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -166,6 +177,11 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """View-dependent text for the pretrained model (the LoRA model always gets view-independent text)."""
         camera_condition_type: str = choice("extrinsics", ("extrinsics", "mvp"), "Camera fed to the camera MLP.")
         """``extrinsics``: camera-to-world matrix; ``mvp``: projection @ world-to-camera."""
+        cuda_graph: bool = True
+        """On CUDA, replay the two no-grad UNet forwards of the VSD gradient (pretrained eps and the LoRA model's
+        eps_phi) from CUDA graphs (one per input shape): the same computation with fewer kernel launches. Replays
+        read the LoRA/camera parameters in place, so optimizer steps are seen. ``false``: always eager. Each graph
+        keeps a private memory pool as large as one forward's activations."""
         device: Optional[str] = None
         """Run this guidance (networks, LoRA and camera embedding) on its own device, e.g. ``cuda:1`` (model
         placement for small cards); null: the system's device. Not combinable with data-parallel ``--gpu 0,1``."""
@@ -217,9 +233,29 @@ class StableDiffusionVSDGuidance(BaseGuidance):
                 unet.set_attention_slice(1)
             if c.enable_channels_last_format:
                 unet.to(memory_format=torch.channels_last)
+        self._graphed_unet = GraphedForward(self._unet_call)
+        self._graphed_unet_lora = GraphedForward(self._unet_lora_call)
         self.annealed = False
         """Whether the one-way anneal has fired (``max_step_latch``)."""
         self.min_step, self.max_step = self.step_range(0, 0)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # a move or cast may give parameters new storage, which captured graphs would no longer read
+        out = super()._apply(fn, recurse)
+        for name in ("_graphed_unet", "_graphed_unet_lora"):
+            graphed = getattr(self, name, None)
+            if graphed is not None:
+                graphed.reset()
+        return out
+
+    def _unet_call(self, z_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """The pretrained UNet's raw output (a function of tensors only, for :class:`GraphedForward`)."""
+        return self.unet(z_t, t, encoder_hidden_states=text).sample
+
+    def _unet_lora_call(self, z_t: Tensor, t: Tensor, text: Tensor, labels: Tensor) -> Tensor:
+        """The particle model's raw output at ``LORA_SCALE`` (the scale is part of the function, hence of a graph)."""
+        with self.lora_layers.scaled(LORA_SCALE):
+            return self.unet_lora(z_t, t, encoder_hidden_states=text, class_labels=labels).sample
 
     def _check_models(self, pre: SDComponents, lora: SDComponents, key: str, key_lora: str) -> None:
         """Fail early, naming the config key, on models that cannot work together."""
@@ -363,15 +399,17 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         a_t = self.alphas_cumprod[t]
         z_t = sds.q_sample(latents, a_t, noise)
         z_in, t_in = torch.cat([z_t, z_t]), torch.cat([t, t])  # one call for [cond; uncond]
-        pre_c, pre_u = self.predict(self.unet, z_in, t_in, torch.cat([cond_vd, uncond_vd]), None).chunk(2)
+        graphs = self.cfg.cuda_graph
+        pre = self._graphed_unet if graphs else self._unet_call
+        pre_c, pre_u = self.predict_with(pre, z_in, t_in, torch.cat([cond_vd, uncond_vd])).chunk(2)
         eps_pre = sds.cfg_uncond_anchor(
             sds.model_output_to_eps(pre_c, z_t, a_t, self.prediction_type),
             sds.model_output_to_eps(pre_u, z_t, a_t, self.prediction_type),
             c.guidance_scale,
         )
         labels = torch.cat([camera, torch.zeros_like(camera)])
-        with self.lora_layers.scaled(LORA_SCALE):
-            est_c, est_u = self.predict(self.unet_lora, z_in, t_in, torch.cat([cond, uncond]), labels).chunk(2)
+        lora = self._graphed_unet_lora if graphs else self._unet_lora_call
+        est_c, est_u = self.predict_with(lora, z_in, t_in, torch.cat([cond, uncond]), labels).chunk(2)
         a_lora = self.alphas_cumprod_lora[t]
         eps_lora = sds.cfg_uncond_anchor(
             sds.model_output_to_eps(est_c, z_t, a_lora, self.prediction_type_lora),
@@ -397,20 +435,21 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         a_t = self.alphas_cumprod_lora[t]
         noisy = sds.q_sample(z0, a_t, noise)
         target = noise if self.prediction_type_lora == "epsilon" else sds.velocity(z0, noise, a_t)
-        with self.lora_layers.scaled(LORA_SCALE):
-            out = self.predict(self.unet_lora, noisy, t, cond.repeat(reps, 1, 1), camera)
+        out = self.predict_with(self._unet_lora_call, noisy, t, cond.repeat(reps, 1, 1), camera)  # eager: grads
         return F.mse_loss(out, target.float(), reduction="mean")
 
-    def predict(
+    def predict_with(
         self,
-        unet: nn.Module,
+        call: Callable[..., Tensor],
         z_t: Float[Tensor, "M C h w"],
         t: Int[Tensor, "M"],
         text: Float[Tensor, "M L D"],
-        class_labels: Optional[Float[Tensor, "M 16"]],
+        class_labels: Optional[Float[Tensor, "M 16"]] = None,
     ) -> Float[Tensor, "M C h w"]:
-        """One UNet call in the frozen networks' dtype (the camera MLP casts its own input); fp32 output."""
+        """One UNet call ``call(z_t, t, text[, class_labels])`` (:meth:`_unet_call`, :meth:`_unet_lora_call` or
+        their graphed twins) in the frozen networks' dtype (the camera MLP casts its own input); fp32 output."""
         dtype = self.weights_dtype
+        args = (z_t.to(dtype), t, text.to(dtype)) + (() if class_labels is None else (class_labels,))
         with self.network_math():
-            out = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), class_labels=class_labels).sample
+            out = call(*args)
         return out.float()

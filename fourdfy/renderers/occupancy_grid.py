@@ -27,14 +27,18 @@ What it reproduces (checked against nerfacc 0.5.2/0.5.3 ``estimators/occ_grid.py
   occ_eval_fn(x_c))``, then ``binaries = occs > min(mean(occs), occ_thre)`` (mean over all cells of all levels;
   nerfacc 0.5.3+ averages over ``occs >= 0``, which is the same here because no cell is ever marked -1).
 
-Deviations from nerfacc, all numerical-only:
+Deviations from nerfacc:
 
-* The torch path computes interval ends in closed form (``near + k * step``) instead of nerfacc's running float32
-  sum, so sample positions can differ from nerfacc's by float32 drift (about 1e-4 after ~500 steps).
+* Interval ends are computed in closed form (``near + k * step``) instead of nerfacc's running float32 sum, so sample
+  positions can differ from nerfacc's by float32 drift (about 1e-4 after ~500 steps).
 * A cell drawn twice in one update takes the larger of its evaluations (a scatter-max, the rule nerfacc's own
   comment names); nerfacc's indexed assignment keeps an arbitrary one of them.
-* The torch sampling path supports ``levels == 1`` and ``cone_angle == 0`` only (what 4D-fy uses); the nerfacc
-  path (CUDA + nerfacc importable) supports both. Updates support any number of levels.
+* Sampling supports ``levels == 1`` and ``cone_angle == 0`` only (what 4D-fy uses). Updates support any number of
+  levels.
+
+nerfacc itself is not used: its CUDA traversal was once a fast path here, but on an H200 with nerfacc 0.5.3 its
+samples disagreed with this file's, and a fast path runs only where a test has compared it with the pure path on
+that kind of machine, so it was removed (issue 12).
 
 Host syncs (unavoidable, all outside per-sample loops): sampling needs the total candidate count (1 sync), the chunk
 boundaries when it must chunk (1 sync), and one ``nonzero`` per chunk for the occupancy test plus one per chunk for
@@ -42,24 +46,18 @@ the density culling, because the number of surviving samples decides tensor size
 per level to count the occupied cells (as nerfacc does).
 """
 
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from fourdfy.renderers.volume_rendering import (
-    IMPLEMENTATIONS,
-    ray_aabb_intersect,
-    render_visibility_from_density,
-    use_nerfacc,
-)
+from fourdfy.renderers.volume_rendering import ray_aabb_intersect, render_visibility_from_density
 
 SigmaFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 OccEvalFn = Callable[[Tensor], Tensor]
 
-# Candidate intervals generated at once by the torch sampler. Each costs roughly 100 bytes of temporaries, so on CUDA
+# Candidate intervals generated at once by the sampler. Each costs roughly 100 bytes of temporaries, so on CUDA
 # the budget peaks near 1.7 GB and 262,144 rays x ~400 in-box steps take about 6 chunks (2 syncs each). On CPU, large
 # fresh allocations are dominated by page faults, and 2**20 measured ~6x faster than 2**24 per candidate.
 DEFAULT_MAX_CANDIDATES_CUDA = 2**24
@@ -84,7 +82,7 @@ def enlarge_aabb(aabb: Float[Tensor, "6"], factor: float) -> Float[Tensor, "6"]:
 
 
 class OccupancyGrid(nn.Module):
-    """Binary occupancy grid over an AABB for empty-space skipping (nerfacc ``OccGridEstimator`` drop-in).
+    """Binary occupancy grid over an AABB for empty-space skipping (pure PyTorch nerfacc ``OccGridEstimator``).
 
     See the module docstring for the exact sampling and update rules.
 
@@ -92,9 +90,7 @@ class OccupancyGrid(nn.Module):
         roi_aabb: Region of interest ``[xmin, ymin, zmin, xmax, ymax, zmax]``.
         resolution: Cells per axis, an int or three ints.
         levels: Number of nested grids (level ``i`` covers ``roi_aabb`` scaled by ``2**i``).
-        implementation: ``"auto"`` (nerfacc's CUDA traversal when nerfacc imports and the rays are float32 CUDA
-            tensors, else pure torch), ``"torch"`` or ``"nerfacc"``.
-        max_candidates: Torch sampler budget: candidate intervals generated per chunk of rays (a chunk may exceed it
+        max_candidates: Sampler budget: candidate intervals generated per chunk of rays (a chunk may exceed it
             by one ray's worth of steps). None: 2**24 for CUDA rays, 2**20 otherwise.
     """
 
@@ -105,7 +101,6 @@ class OccupancyGrid(nn.Module):
         roi_aabb: Sequence[float] | Tensor = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0),
         resolution: int | Sequence[int] = 32,
         levels: int = 1,
-        implementation: str = "auto",
         max_candidates: int | None = None,
     ) -> None:
         super().__init__()
@@ -119,14 +114,11 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"resolution must be a positive int or three positive ints, got {resolution!r}.")
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}.")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation={implementation!r} is not supported; use one of {IMPLEMENTATIONS}.")
         if max_candidates is not None and max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {max_candidates}.")
 
         self.levels = levels
         self.cells_per_lvl = res[0] * res[1] * res[2]
-        self.implementation = implementation
         self.max_candidates = max_candidates
         aabbs = torch.stack([enlarge_aabb(aabb, 2.0**i) for i in range(levels)], dim=0)
         # Same names, dtypes and shapes as nerfacc 0.5.x so that 4D-fy checkpoints load strictly.
@@ -136,10 +128,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binaries", torch.zeros([levels, *res], dtype=torch.bool))
 
     def extra_repr(self) -> str:
-        return (
-            f"resolution={list(self.binaries.shape[1:])}, levels={self.levels}, "
-            f"implementation={self.implementation!r}"
-        )
+        return f"resolution={list(self.binaries.shape[1:])}, levels={self.levels}"
 
     # ------------------------------------------------------------------ sampling
 
@@ -179,16 +168,16 @@ class OccupancyGrid(nn.Module):
             early_stop_eps: Drop samples whose transmittance is below this.
             alpha_thre: Drop samples whose opacity is below ``min(alpha_thre, occs.mean())``.
             stratified: Shift each ray's lattice by its own ``U[0, step)`` offset.
-            cone_angle: Must be 0 on the torch path (nerfacc's growing step size is not reproduced there).
+            cone_angle: Must be 0 (nerfacc's growing step size is not reproduced).
             generator: Optional RNG for the stratified offsets (must live on the rays' device); default: global RNG.
-            max_candidates: Override of the constructor's torch-sampler budget.
+            max_candidates: Override of the constructor's sampler budget.
 
         Returns:
             ``(ray_indices [S] int64, t_starts [S], t_ends [S])``.
 
         Raises:
             ValueError: A step size, plane or budget is invalid.
-            NotImplementedError: The torch path was asked for ``levels > 1`` or ``cone_angle > 0``.
+            NotImplementedError: ``levels > 1`` or ``cone_angle > 0``.
         """
         if render_step_size <= 0:
             raise ValueError(f"render_step_size must be > 0, got {render_step_size}.")
@@ -208,22 +197,11 @@ class OccupancyGrid(nn.Module):
             near = near + torch.rand(n_rays, dtype=dtype, device=device, generator=generator) * render_step_size
         far = torch.full((n_rays,), far_plane, dtype=dtype, device=device)
 
-        if use_nerfacc(self.implementation, device, dtype):
-            chunks: Iterator[tuple[Tensor, Tensor, Tensor]] = iter(
-                [self._march_nerfacc(rays_o, rays_d, near, far, render_step_size, cone_angle)]
-            )
-        else:
-            if self.levels != 1:
-                raise NotImplementedError(
-                    f"The torch sampler supports levels=1 only (this grid has {self.levels}); use levels=1 or "
-                    "implementation='nerfacc' on CUDA."
-                )
-            if cone_angle != 0:
-                raise NotImplementedError(
-                    f"The torch sampler supports cone_angle=0 only (got {cone_angle}); use cone_angle=0 or "
-                    "implementation='nerfacc' on CUDA."
-                )
-            chunks = self._march_torch(rays_o, rays_d, near, far, render_step_size, budget)
+        if self.levels != 1:
+            raise NotImplementedError(f"The sampler supports levels=1 only (this grid has {self.levels}).")
+        if cone_angle != 0:
+            raise NotImplementedError(f"The sampler supports cone_angle=0 only (got {cone_angle}).")
+        chunks = self._march_torch(rays_o, rays_d, near, far, render_step_size, budget)
 
         cull = sigma_fn is not None and (alpha_thre > 0 or early_stop_eps > 0)
         # nerfacc lowers the opacity threshold to the grid's mean occupancy; kept on the device to avoid a sync.
@@ -296,27 +274,6 @@ class OccupancyGrid(nn.Module):
             occupied = flat_binaries[self._cell_index(positions, 0)]
             keep = torch.nonzero(occupied).squeeze(1)  # host sync: output size
             yield ray_ids[keep], t_starts[keep], t_ends[keep]
-
-    def _march_nerfacc(
-        self, rays_o: Tensor, rays_d: Tensor, near: Tensor, far: Tensor, step: float, cone_angle: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """nerfacc's CUDA traversal (same marching rule, multi-level and cone-angle capable)."""
-        grid_ops = importlib.import_module("nerfacc.grid")
-        result = grid_ops.traverse_grids(
-            rays_o.contiguous(),
-            rays_d.contiguous(),
-            self.binaries.contiguous(),
-            self.aabbs.contiguous(),
-            near_planes=near.contiguous(),
-            far_planes=far.contiguous(),
-            step_size=step,
-            cone_angle=cone_angle,
-        )
-        # 0.5.2 returns (intervals, samples); 0.5.3 adds the termination planes.
-        intervals, samples = result[0], result[1]
-        t_starts = intervals.vals[intervals.is_left]
-        t_ends = intervals.vals[intervals.is_right]
-        return samples.ray_indices.long(), t_starts, t_ends
 
     def _cell_index(self, positions: Tensor, level: int) -> Tensor:
         """Flat cell index (within one level) of world positions, clamped to the grid like nerfacc's traversal."""

@@ -5,9 +5,9 @@ sample ``i``; the list is sorted by ray index (the samples of one ray are contig
 and ``n_rays`` is the number of rays (a ray may have no samples). This is the layout that
 ``OccupancyGrid.sampling`` returns and that nerfacc's packed functions take.
 
-Every function here works on CPU and CUDA tensors without nerfacc's CUDA extension. Where nerfacc is importable and
-the tensors are on CUDA, ``implementation="auto"`` routes the scan to nerfacc instead (same formulas, nerfacc's
-segmented float32 scan); ``"torch"`` always uses this file's code; ``"nerfacc"`` insists on nerfacc.
+Every function here works on CPU and CUDA tensors and never calls nerfacc: its CUDA scans were once a fast path
+here, but they were never compared with this file's code on the machines that would run them (and nerfacc 0.5.3's
+grid sampling disagreed with ours on an H200), so they were removed (issue 12).
 
 Worked example used in the docstrings below (and reused by the tests). Three rays, the third has no samples::
 
@@ -23,70 +23,9 @@ Worked example used in the docstrings below (and reused by the tests). Three ray
     opacity per ray (accumulate weights) = [0.9698, 0.9502, 0.0000]   (ray 0: 1 - exp(-3.5))
 """
 
-import functools
-import importlib
-from types import ModuleType
-
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-
-# Accepted values of every ``implementation`` argument. Annotated as plain ``str`` so that a wrong value from a
-# config gets the ValueError below (naming the choices) rather than a bare type error.
-IMPLEMENTATIONS = ("auto", "torch", "nerfacc")
-
-
-@functools.lru_cache(maxsize=1)
-def nerfacc_module() -> ModuleType | None:
-    """Return the ``nerfacc`` module if it imports, else ``None`` (cached).
-
-    Importing nerfacc does not build its CUDA extension (that happens lazily on the first CUDA op), so this is cheap
-    and safe on machines without a GPU.
-    """
-    try:
-        return importlib.import_module("nerfacc")
-    except ImportError:
-        return None
-
-
-def use_nerfacc(implementation: str, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """Decide whether the nerfacc fast path runs for tensors on ``device``.
-
-    Args:
-        implementation: ``"auto"`` (nerfacc when importable, ``device`` is CUDA and ``dtype`` is float32, the only
-            dtype nerfacc's kernels take), ``"torch"`` (never) or ``"nerfacc"`` (always; raises when impossible).
-        device: Device of the tensors being processed.
-        dtype: Floating dtype of the tensors being processed.
-
-    Returns:
-        True when the nerfacc path must be used.
-
-    Raises:
-        ValueError: ``implementation`` is not one of the three names, or ``"nerfacc"`` was asked for non-CUDA or
-            non-float32 tensors.
-        ImportError: ``"nerfacc"`` was asked for but the package does not import.
-    """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation={implementation!r} is not supported; use one of {IMPLEMENTATIONS}.")
-    if implementation == "torch":
-        return False
-    available = nerfacc_module() is not None
-    if implementation == "nerfacc":
-        if not available:
-            raise ImportError(
-                "implementation='nerfacc' needs the nerfacc package (0.5.x); install it or use implementation='torch'."
-            )
-        if device.type != "cuda":
-            raise ValueError(
-                f"implementation='nerfacc' needs CUDA tensors, got device {device}; nerfacc's packed and grid ops are "
-                "CUDA-only. Use implementation='torch' (or 'auto') on CPU."
-            )
-        if dtype != torch.float32:
-            raise ValueError(
-                f"implementation='nerfacc' needs float32 tensors, got {dtype}; cast them or use implementation='torch'."
-            )
-        return True
-    return available and device.type == "cuda" and dtype == torch.float32
 
 
 def ray_aabb_intersect(
@@ -170,11 +109,10 @@ def exclusive_sum_packed(
     x: Float[Tensor, "S"],
     ray_indices: Int[Tensor, "S"],
     n_rays: int,
-    implementation: str = "auto",
 ) -> Float[Tensor, "S"]:
     """Per-ray exclusive prefix sum of packed values: ``out_i = sum_{j < i, ray(j) = ray(i)} x_j``.
 
-    The torch path takes one global cumulative sum and subtracts, for each sample, the global sum at its ray's first
+    It takes one global cumulative sum and subtracts, for each sample, the global sum at its ray's first
     sample. The global sum grows with the number of samples (millions per batch), so it is accumulated in float64:
     in float32 the subtraction would cancel catastrophically far into the list. The result has ``x``'s dtype and is
     differentiable with respect to ``x`` (``d out_i / d x_j = 1`` for earlier samples ``j`` of the same ray).
@@ -185,15 +123,11 @@ def exclusive_sum_packed(
     Args:
         x: Values per sample.
         ray_indices: Ray index per sample, sorted.
-        n_rays: Number of rays (only the nerfacc path needs it).
-        implementation: See :func:`use_nerfacc`.
+        n_rays: Number of rays (every index must be below it).
 
     Returns:
         The exclusive per-ray sums.
     """
-    if use_nerfacc(implementation, x.device, x.dtype):
-        scan = importlib.import_module("nerfacc.scan")
-        return scan.exclusive_sum(x, packed_info=_packed_info(ray_indices, n_rays))
     if x.shape[0] == 0:
         return x * 0.0
     acc = x.to(torch.float64)
@@ -209,7 +143,6 @@ def render_transmittance_from_density(
     sigmas: Float[Tensor, "S"],
     ray_indices: Int[Tensor, "S"],
     n_rays: int,
-    implementation: str = "auto",
 ) -> tuple[Float[Tensor, "S"], Float[Tensor, "S"]]:
     """Transmittance and opacity of packed samples from density.
 
@@ -225,20 +158,14 @@ def render_transmittance_from_density(
         sigmas: Densities (post-activation, non-negative).
         ray_indices: Ray index per sample, sorted.
         n_rays: Number of rays.
-        implementation: See :func:`use_nerfacc`.
 
     Returns:
         ``(trans, alphas)``, both differentiable with respect to ``sigmas``.
     """
-    if use_nerfacc(implementation, sigmas.device, sigmas.dtype):
-        volrend = importlib.import_module("nerfacc.volrend")
-        return volrend.render_transmittance_from_density(
-            t_starts, t_ends, sigmas, packed_info=_packed_info(ray_indices, n_rays)
-        )
     sigmas_dt = sigmas * (t_ends - t_starts)
     # -expm1(-x) is 1 - exp(-x) without the cancellation for small x.
     alphas = -torch.expm1(-sigmas_dt)
-    trans = torch.exp(-exclusive_sum_packed(sigmas_dt, ray_indices, n_rays, implementation="torch"))
+    trans = torch.exp(-exclusive_sum_packed(sigmas_dt, ray_indices, n_rays))
     return trans, alphas
 
 
@@ -248,7 +175,6 @@ def render_weight_from_density(
     sigmas: Float[Tensor, "S"],
     ray_indices: Int[Tensor, "S"],
     n_rays: int,
-    implementation: str = "auto",
 ) -> tuple[Float[Tensor, "S"], Float[Tensor, "S"], Float[Tensor, "S"]]:
     """Rendering weights ``w_i = T_i * alpha_i`` of packed samples (see :func:`render_transmittance_from_density`).
 
@@ -263,12 +189,11 @@ def render_weight_from_density(
         sigmas: Densities.
         ray_indices: Ray index per sample, sorted.
         n_rays: Number of rays.
-        implementation: See :func:`use_nerfacc`.
 
     Returns:
         ``(weights, trans, alphas)``, all differentiable with respect to ``sigmas``.
     """
-    trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays, implementation)
+    trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
     return trans * alphas, trans, alphas
 
 
@@ -303,9 +228,7 @@ def render_visibility_from_density(
     Returns:
         Boolean keep-mask per sample.
     """
-    trans, alphas = render_transmittance_from_density(
-        t_starts, t_ends, sigmas, ray_indices, n_rays, implementation="torch"
-    )
+    trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
     visible = trans >= early_stop_eps
     if isinstance(alpha_thre, Tensor):
         visible = visible & ((alphas >= alpha_thre) | (alpha_thre <= 0))
@@ -376,10 +299,6 @@ def packed_info(ray_indices: Int[Tensor, "S"], n_rays: int) -> Int[Tensor, "n_ra
     Returns:
         ``[start, count]`` per ray (int64).
     """
-    return _packed_info(ray_indices, n_rays)
-
-
-def _packed_info(ray_indices: Tensor, n_rays: int) -> Tensor:
     counts = torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device)
     counts.index_add_(0, ray_indices.long(), torch.ones_like(ray_indices, dtype=torch.long))
     starts = torch.cumsum(counts, dim=0) - counts

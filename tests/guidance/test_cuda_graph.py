@@ -97,3 +97,11 @@ def test_graphed_videocrafter_guidance_matches_eager(autocast):
             for x, y in zip(a, b):
                 torch.testing.assert_close(x, y, atol=1e-3 if autocast else 1e-5, rtol=1e-3 if autocast else 1e-5)
     assert len(g._graphed_unet.graphs) == 1
+
+
+def test_reset_drops_captured_graphs():
+    fn = GraphedForward(lambda x: x + 1)
+    fn.graphs[("key",)] = ("graph", [], None)
+    fn.reset()
+    assert fn.graphs == {}
+

@@ -354,3 +354,72 @@ def test_half_precision_plumbing(monkeypatch):
     (out.losses["vsd"] + out.losses["lora"]).backward()
     assert rgb.grad.dtype == torch.float32 and rgb.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)
+
+
+def test_cuda_graph_switch_parses_and_is_exact_off_cuda():
+    cls = StableDiffusionVSDGuidance.Config
+    assert cls().cuda_graph is True
+    assert parse_config(cls, {"cuda_graph": False}, "system.guidance").cuda_graph is False
+    with pytest.raises(ConfigError, match=r"system\.guidance\.cuda_graph"):
+        parse_config(cls, {"cuda_graph": "fast"}, "system.guidance")
+    torch.manual_seed(0)
+    on = make_guidance(cuda_graph=True)
+    off = make_guidance(cuda_graph=False)
+    randomize_lora(on)
+    off.load_state_dict(on.state_dict(), strict=True)
+    prompts, batch = make_prompts(), make_batch()
+    z = torch.randn(B, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    draws = on.sample_noise(z, torch.Generator().manual_seed(9))
+    grads, losses = [], []
+    for g in (on, off):
+        z_leaf = z.clone().requires_grad_(True)
+        out = g.losses_from_latents(z_leaf, prompts, batch, draws)
+        (out.losses["vsd"] + out.losses["lora"]).backward()
+        losses.append(out.losses)
+        grads.append((z_leaf.grad, [p.grad for p in g.lora_layers.parameters()]))
+    # on CPU the switch changes nothing: the eager path runs, bit for bit, and nothing is captured
+    assert on._graphed_unet.graphs == {} and on._graphed_unet_lora.graphs == {}
+    for name in ("vsd", "lora"):
+        assert torch.equal(losses[0][name], losses[1][name])
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
+    assert any(a.abs().sum() > 0 for a in grads[0][1])  # the LoRA loss does train the adapters
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_vsd_eps_matches_eager_after_in_place_updates():
+    torch.manual_seed(0)
+    g = make_guidance(cuda_graph=True, weights_dtype="fp32").cuda()
+    e = make_guidance(cuda_graph=False, weights_dtype="fp32").cuda()
+    e.load_state_dict(g.state_dict(), strict=True)
+    prompts, batch = make_prompts().to("cuda"), make_batch().to("cuda")
+    cond, uncond = prompts.cond.expand(B, -1, -1), prompts.uncond.expand(B, -1, -1)
+    camera = g.camera_condition(batch)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    z = torch.randn(B, 4, 8, 8, device="cuda", generator=gen)
+
+    def both(t, noise, shift):
+        a = g.vsd_gradient(z + shift, t, noise, cond, uncond, cond, uncond, camera)
+        b = e.vsd_gradient(z + shift, t, noise, cond, uncond, cond, uncond, camera)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        return a
+
+    for step in range(3):  # capture, then replays with new inputs
+        t = torch.randint(20, 980, (B,), device="cuda", generator=gen)
+        noise = torch.randn(z.shape, device="cuda", generator=gen)
+        before = both(t, noise, step)
+    # what an optimizer step does to the trainable parts: same storage, new values
+    with torch.no_grad():
+        for model in (g, e):
+            for adapter in model.lora_layers.adapters().values():
+                adapter.lora_up.add_(0.3)
+            model.camera_embedding.linear_1.weight.mul_(1.5)
+    after = both(t, noise, 2)  # the graphs replay the updated weights ...
+    assert not torch.allclose(after, before, atol=1e-4)  # ... and the update did change eps_phi
+    assert len(g._graphed_unet.graphs) == 1 and len(g._graphed_unet_lora.graphs) == 1
+    # the LoRA loss needs gradients: it runs eagerly and trains the adapters
+    adapter = next(iter(g.lora_layers.adapters().values()))
+    g.lora_loss(z, t, noise, cond, camera).backward()
+    assert adapter.lora_up.grad is not None and adapter.lora_up.grad.abs().sum() > 0
+    g.cpu()  # a move may give the parameters new storage: the graphs are dropped
+    assert g._graphed_unet.graphs == {} and g._graphed_unet_lora.graphs == {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fourdfy.renderers.occupancy_grid import OccupancyGrid
-from fourdfy.renderers.volume_rendering import nerfacc_module, ray_aabb_intersect
+from fourdfy.renderers.volume_rendering import ray_aabb_intersect
 
 STEP = 1.732 * 2 / 512  # 4D-fy's render_step_size for radius 1 and 512 samples per ray
 
@@ -56,8 +56,10 @@ def test_constructor_validation():
         OccupancyGrid(roi_aabb=[1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="resolution"):
         OccupancyGrid(resolution=[4, 4])
-    with pytest.raises(ValueError, match="implementation"):
-        OccupancyGrid(implementation="cuda")
+    with pytest.raises(ValueError, match="levels"):
+        OccupancyGrid(levels=0)
+    with pytest.raises(TypeError, match="implementation"):  # the nerfacc fast path and its switch are gone
+        OccupancyGrid(implementation="nerfacc")
 
 
 def test_hand_example_lattice_is_anchored_at_near_plane():
@@ -269,9 +271,9 @@ def test_sigma_fn_shape_is_checked():
 def test_torch_path_limits_are_explicit():
     rays_o, rays_d = _rays_at_box(4, seed=8)
     with pytest.raises(NotImplementedError, match="levels=1"):
-        OccupancyGrid(levels=2, implementation="torch").sampling(rays_o, rays_d, render_step_size=STEP)
+        OccupancyGrid(levels=2).sampling(rays_o, rays_d, render_step_size=STEP)
     with pytest.raises(NotImplementedError, match="cone_angle"):
-        OccupancyGrid(implementation="torch").sampling(rays_o, rays_d, render_step_size=STEP, cone_angle=0.004)
+        OccupancyGrid().sampling(rays_o, rays_d, render_step_size=STEP, cone_angle=0.004)
     with pytest.raises(ValueError, match="render_step_size"):
         OccupancyGrid().sampling(rays_o, rays_d, render_step_size=0.0)
 
@@ -384,28 +386,3 @@ def test_update_is_reproducible_with_global_seed_and_generator():
     assert torch.equal(run(seed=3), run(seed=3))
     assert torch.equal(run(gen=torch.Generator().manual_seed(4)), run(gen=torch.Generator().manual_seed(4)))
     assert not torch.equal(run(seed=3), run(seed=5))
-
-
-@pytest.mark.skipif(
-    nerfacc_module() is None or not torch.cuda.is_available(),
-    reason="nerfacc fast path needs the nerfacc package and a CUDA device (neither is required for the torch path)",
-)
-def test_nerfacc_sampling_matches_torch_sampling():
-    res = 16
-    grid_t = OccupancyGrid(resolution=res, implementation="torch").cuda()
-    grid_n = OccupancyGrid(resolution=res, implementation="nerfacc").cuda()
-    pattern = torch.rand(1, res, res, res, generator=torch.Generator().manual_seed(0)) < 0.5
-    for g in (grid_t, grid_n):
-        g.binaries.copy_(pattern)
-        g.occs.fill_(0.5)
-    rays_o, rays_d = (t.cuda() for t in _rays_at_box(2000, seed=1))
-    sigma_fn = _wall_sigma_fn(rays_o, rays_d, sigma_wall=300.0, sigma_air=0.5)
-    kwargs = dict(render_step_size=STEP, alpha_thre=0.01)
-    ri_t, t0_t, t1_t = grid_t.sampling(rays_o, rays_d, sigma_fn, **kwargs)
-    ri_n, t0_n, t1_n = grid_n.sampling(rays_o, rays_d, sigma_fn, **kwargs)
-    # nerfacc accumulates t in float32 steps, so a few boundary samples may differ; per-ray counts nearly agree.
-    counts_t = torch.bincount(ri_t, minlength=2000)
-    counts_n = torch.bincount(ri_n, minlength=2000)
-    assert (counts_t - counts_n).abs().sum().item() <= 0.002 * counts_n.sum().item() + 5
-    if torch.equal(ri_t, ri_n):
-        torch.testing.assert_close(t0_t, t0_n, atol=1e-3, rtol=0)

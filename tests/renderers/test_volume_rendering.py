@@ -8,7 +8,6 @@ import torch
 from fourdfy.renderers.volume_rendering import (
     accumulate_along_rays,
     exclusive_sum_packed,
-    nerfacc_module,
     pack_mask,
     packed_info,
     ray_aabb_intersect,
@@ -16,7 +15,6 @@ from fourdfy.renderers.volume_rendering import (
     render_visibility_from_density,
     render_weight_from_density,
     segment_start_indices,
-    use_nerfacc,
 )
 
 # The worked example of the module docstring.
@@ -114,7 +112,7 @@ def test_gradcheck_accumulated_rgb_wrt_sigmas_and_values():
     values.requires_grad_(True)
 
     def render(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        w, _, _ = render_weight_from_density(t_starts, t_ends, s, ray_indices, 5, implementation="torch")
+        w, _, _ = render_weight_from_density(t_starts, t_ends, s, ray_indices, 5)
         return accumulate_along_rays(w, v, ray_indices, 5)
 
     assert torch.autograd.gradcheck(render, (sigmas, values), eps=1e-6, atol=1e-6)
@@ -136,7 +134,7 @@ def test_exclusive_sum_packed_matches_python_loop_and_its_gradient():
 
     small = _random_packed(4, 4, seed=4, dtype=torch.float64)
     xs = small[3].clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda v: exclusive_sum_packed(v, small[0], 4, "torch"), (xs,))
+    assert torch.autograd.gradcheck(lambda v: exclusive_sum_packed(v, small[0], 4), (xs,))
 
 
 def test_exclusive_sum_float64_accumulation_keeps_precision_over_two_million_samples():
@@ -211,32 +209,3 @@ def test_ray_aabb_intersect_hand_rays():
     t_near, t_far, hit = ray_aabb_intersect(rays_o[:2], rays_d[:2], aabb, near, far)
     assert hit.tolist() == [False, True]
     assert t_near[1].item() == 0.25 and t_far[1].item() == 0.75
-
-
-def test_implementation_selection():
-    cpu = torch.device("cpu")
-    assert use_nerfacc("torch", cpu) is False
-    assert use_nerfacc("auto", cpu) is False
-    with pytest.raises(ValueError, match="implementation"):
-        use_nerfacc("cuda", cpu)
-    with pytest.raises((ImportError, ValueError), match="implementation='nerfacc'"):
-        use_nerfacc("nerfacc", cpu)
-
-
-@pytest.mark.skipif(
-    nerfacc_module() is None or not torch.cuda.is_available(),
-    reason="nerfacc fast path needs the nerfacc package and a CUDA device (neither is required for the torch path)",
-)
-def test_nerfacc_fast_path_matches_torch_path():
-    ray_indices, t_starts, t_ends, sigmas, _ = _random_packed(300, 60, seed=6)
-    cuda = [t.cuda() for t in (ray_indices, t_starts, t_ends, sigmas)]
-    sig_t = cuda[3].clone().requires_grad_(True)
-    sig_n = cuda[3].clone().requires_grad_(True)
-    w_t, tr_t, a_t = render_weight_from_density(cuda[1], cuda[2], sig_t, cuda[0], 300, implementation="torch")
-    w_n, tr_n, a_n = render_weight_from_density(cuda[1], cuda[2], sig_n, cuda[0], 300, implementation="nerfacc")
-    torch.testing.assert_close(w_t, w_n, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tr_t, tr_n, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(a_t, a_n, atol=1e-6, rtol=1e-5)
-    w_t.sum().backward()
-    w_n.sum().backward()
-    torch.testing.assert_close(sig_t.grad, sig_n.grad, atol=1e-5, rtol=1e-4)
