@@ -61,7 +61,8 @@ class ImplicitVolume(BaseGeometry):
         pos_encoding_config: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_POS_ENCODING))
         """tcnn-style encoding dict (``HashGridSpatialTime`` or ``HashGridSpatialTimeDeform``)."""
         mlp_network_config: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_MLP))
-        """tcnn-style dict of both MLPs."""
+        """tcnn-style dict of both MLPs. A dict without ``otype`` amends the default MLP (threestudio merged config
+        dicts into the defaults), so ``system.geometry.mlp_network_config.precision=fp32`` alone is enough."""
         anneal_density_blob_std_config: Optional[BlobAnnealConfig] = None
         """Anneal the blob width (4D-fy's stage 3). Unlike threestudio, the annealed value is really used."""
         # isosurface settings: read by mesh export (``--export``, fourdfy.exporters.mesh_exporter)
@@ -89,6 +90,8 @@ class ImplicitVolume(BaseGeometry):
             get_activation(self.density_activation)
             # validate the tcnn-style dicts now, so a typo fails before anything is built
             parse_encoding_config(self.pos_encoding_config, "pos_encoding_config")
+            if isinstance(self.mlp_network_config, dict) and "otype" not in self.mlp_network_config:
+                self.mlp_network_config = {**DEFAULT_MLP, **self.mlp_network_config}
             parse_mlp_config(self.mlp_network_config, "mlp_network_config")
             if self.n_input_dims != 3:
                 raise ConfigError("n_input_dims: only 3 is supported")

@@ -116,3 +116,15 @@ def test_reduced_precision_without_autocast_is_fp32():
     reduced, full = pair(2, seed=0)
     x = torch.randn(64, 32)
     assert torch.equal(reduced(x), full(x))
+
+
+def test_partial_mlp_dict_amends_the_geometry_default():
+    """``system.geometry.mlp_network_config.precision=fp32`` on a config that never wrote the MLP dict (4D-fy's
+    YAMLs) amends the default MLP instead of failing on a missing ``otype``; a full dict replaces it."""
+    from fourdfy.geometry.implicit_volume import DEFAULT_MLP, ImplicitVolume
+
+    cfg = ImplicitVolume.Config(mlp_network_config={"precision": "fp32"})
+    assert cfg.mlp_network_config == {**DEFAULT_MLP, "precision": "fp32"}
+    full = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 32,
+            "n_hidden_layers": 2}  # fmt: skip
+    assert ImplicitVolume.Config(mlp_network_config=dict(full)).mlp_network_config == full

@@ -209,7 +209,7 @@ def test_mask_and_patch_renderers_never_checkpoint():
 
 def test_checkpoint_samples_is_parsed_and_checked():
     geo, mat, bg = parts()
-    assert NeRFVolumeRenderer({}, geo, mat, bg).cfg.checkpoint_samples == 4_000_000
+    assert NeRFVolumeRenderer({}, geo, mat, bg).cfg.checkpoint_samples == 1_000_000
     assert NeRFVolumeRenderer({"checkpoint_samples": 0}, geo, mat, bg).cfg.checkpoint_samples == 0
     with pytest.raises(ConfigError, match="checkpoint_samples"):
         NeRFVolumeRenderer({"checkpoint_samples": -1}, geo, mat, bg)
