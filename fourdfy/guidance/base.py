@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from fourdfy.guidance import precision as precision_policy
+from fourdfy.guidance.cuda_graph import GraphedForward
 from fourdfy.guidance import sds
 from fourdfy.utils.base import BaseModule
 
@@ -32,6 +33,7 @@ class BaseGuidance(BaseModule):
     """Names of the losses this guidance returns; the system checks each has a ``lambda_<name>`` weight."""
     frozen_modules: ClassVar[tuple[str, ...]] = ()
     """Attribute names of frozen pretrained submodules (excluded from checkpoints)."""
+
     precision_network: ClassVar[Optional[str]] = None
     """Network family whose measured default ``weights_dtype: auto`` takes
     (:data:`fourdfy.guidance.precision.NETWORK_DEFAULTS`)."""
@@ -77,6 +79,11 @@ class BaseGuidance(BaseModule):
             module = getattr(self, name, None)
             if module is not None and next(module.parameters()).dtype != dtype:
                 module.to(dtype)
+        # 3. new storage (a move or cast) is not what captured CUDA graphs read: every GraphedForward drops its graphs
+        #    (in-place optimizer steps keep the storage and need no reset)
+        for value in vars(self).values():
+            if isinstance(value, GraphedForward):
+                value.reset()
         return out
 
     def guide(self, rgb: Float[Tensor, "*clips H W 3"], prompts: Any, batch: Any) -> GuidanceOutput:

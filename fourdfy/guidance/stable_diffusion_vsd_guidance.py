@@ -239,15 +239,6 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         """Whether the one-way anneal has fired (``max_step_latch``)."""
         self.min_step, self.max_step = self.step_range(0, 0)
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # a move or cast may give parameters new storage, which captured graphs would no longer read
-        out = super()._apply(fn, recurse)
-        for name in ("_graphed_unet", "_graphed_unet_lora"):
-            graphed = getattr(self, name, None)
-            if graphed is not None:
-                graphed.reset()
-        return out
-
     def _unet_call(self, z_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """The pretrained UNet's raw output (a function of tensors only, for :class:`GraphedForward`)."""
         return self.unet(z_t, t, encoder_hidden_states=text).sample

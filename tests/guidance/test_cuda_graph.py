@@ -105,3 +105,11 @@ def test_reset_drops_captured_graphs():
     fn.reset()
     assert fn.graphs == {}
 
+
+
+def test_moving_a_guidance_drops_its_graphs():
+    """``BaseGuidance._apply`` resets every GraphedForward of the guidance: a moved or cast network has new storage."""
+    g = videocrafter()
+    g._graphed_unet.graphs[("key",)] = ("graph", [], None)
+    g.to(torch.float64)
+    assert g._graphed_unet.graphs == {}
