@@ -185,7 +185,9 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(guidance, low_ram_v
         results.append((z.detach(), rgb.grad, batches))
     (z_on, grad_on, calls_on), (z_off, grad_off, calls_off) = results
     torch.testing.assert_close(z_on, z_off, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(grad_on, grad_off, atol=1e-6, rtol=1e-5)
+    # one frame per call vs all frames in one call: the same math, but convolution kernels may sum in another order
+    # for another batch size (seen on a 16-core machine: 2.4e-6 on gradients of size ~1e-2)
+    torch.testing.assert_close(grad_on, grad_off, atol=1e-5, rtol=1e-4)
     n_grad = 4 if low_ram_vae < 0 else 2
     assert int((grad_on.abs().sum(dim=(0, 2, 3, 4)) > 0).sum()) == n_grad
     assert calls_on == [1] * (4 + n_grad)  # frame by frame, the gradient frames recomputed in backward

@@ -212,6 +212,7 @@ def test_encode_frames_keeps_order_and_detaches_the_rest():
 
 @pytest.mark.parametrize("k", [-1, 2])
 def test_vae_checkpoint_gives_the_same_latents_and_gradients(k):
+    torch.manual_seed(0)
     on, off = make_guidance(low_ram_vae=k), make_guidance(low_ram_vae=k, vae_checkpoint=False)
     assert on.cfg.vae_checkpoint and not off.cfg.vae_checkpoint
     frames = torch.rand(2, 4, 6, 8, 3)
@@ -227,7 +228,9 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(k):
         results.append((z.detach(), rgb.grad, batches))
     (z_on, grad_on, calls_on), (z_off, grad_off, calls_off) = results
     torch.testing.assert_close(z_on, z_off, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(grad_on, grad_off, atol=1e-6, rtol=1e-5)
+    # one frame per call vs all frames in one call: the same math, but convolution kernels may sum in another order
+    # for another batch size (seen on a 16-core machine: 2.4e-6 on gradients of size ~1e-2)
+    torch.testing.assert_close(grad_on, grad_off, atol=1e-5, rtol=1e-4)
     assert int((grad_on.abs().sum(dim=(2, 3, 4)) > 0).sum()) == (8 if k < 0 else 4)
     n_grad = 8 if k < 0 else 4
     # on: one frame per encoder call, the frames with gradient encoded again in backward; off: one call for them
