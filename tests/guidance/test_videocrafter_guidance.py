@@ -190,7 +190,8 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(guidance, low_ram_v
     torch.testing.assert_close(grad_on, grad_off, atol=1e-5, rtol=1e-4)
     n_grad = 4 if low_ram_vae < 0 else 2
     assert int((grad_on.abs().sum(dim=(0, 2, 3, 4)) > 0).sum()) == n_grad
-    assert calls_on == [1] * (4 + n_grad)  # frame by frame, the gradient frames recomputed in backward
+    # the gradient frames up to 4 per call (vae_checkpoint_frames), recomputed in backward; the others one by one
+    assert sorted(calls_on) == sorted([n_grad] * 2 + [1] * (4 - n_grad))
     assert calls_off == [n_grad] + [1] * (4 - n_grad)
 
 

@@ -150,7 +150,7 @@ def test_frames_are_resized_to_320x576(guidance):
     out = full(rgb, prompts, make_video_batch(1, 2), generator=torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()
-    assert seen["vae"] == [(1, 3, 320, 576)] * 2  # every frame, at 576x320 (one per call: vae_checkpoint)
+    assert seen["vae"] == [(2, 3, 320, 576)]  # every frame, at 576x320 (up to vae_checkpoint_frames = 4 per call)
     assert seen["unet"] == (2, 4, 2, 40, 72)  # [cond; uncond] x 4 channels x 2 frames x 40x72 latents
     out.losses["sds_video"].backward()
     assert torch.isfinite(rgb.grad).all() and (rgb.grad.abs().sum(dim=(2, 3, 4)) > 0).all()
@@ -233,8 +233,10 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(k):
     torch.testing.assert_close(grad_on, grad_off, atol=1e-5, rtol=1e-4)
     assert int((grad_on.abs().sum(dim=(2, 3, 4)) > 0).sum()) == (8 if k < 0 else 4)
     n_grad = 8 if k < 0 else 4
-    # on: one frame per encoder call, the frames with gradient encoded again in backward; off: one call for them
-    assert calls_on == [1] * (8 + n_grad)
+    # on: the frames with gradient 4 per encoder call (vae_checkpoint_frames), encoded again in backward, the others
+    # one per call without gradient; off: one call for the frames with gradient
+    chunks = [4] * (n_grad // 4) + ([n_grad % 4] if n_grad % 4 else [])
+    assert sorted(calls_on) == sorted(chunks * 2 + [1] * (8 - n_grad))
     assert calls_off == [n_grad] + [1] * (8 - n_grad)
 
 
@@ -427,3 +429,16 @@ def test_prompt_processor_missing_weights_point_at_zeroscope(tmp_path, monkeypat
     msg = str(info.value)
     assert msg.startswith("system.prompt_processor_video.pretrained_model_name_or_path: ") and "\n" not in msg
     assert "cerspense/zeroscope_v2_576w" in msg and "stable-diffusion" not in msg
+
+
+def test_vae_checkpoint_frames_sets_the_frames_per_encoder_call():
+    g = make_guidance(vae_checkpoint_frames=3)
+    assert g.checkpoint_frames() == 3 and make_guidance(vae_checkpoint=False).checkpoint_frames() == 0
+    calls = []
+    hook = g.vae.encoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    rgb = torch.rand(2, 4, 6, 8, 3, requires_grad=True)
+    g.encode_video(rgb, torch.Generator().manual_seed(0)).sum().backward()
+    hook.remove()
+    assert sorted(calls) == [2, 2, 3, 3, 3, 3]  # 8 frames as 3 + 3 + 2, each recomputed once in backward
+    with pytest.raises(ConfigError, match="vae_checkpoint_frames"):
+        make_guidance(vae_checkpoint_frames=0)
