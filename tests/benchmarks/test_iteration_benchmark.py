@@ -132,3 +132,8 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     est = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--estimate", str(path)],
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert est.returncode == 0 and "whole prompt" in est.stdout
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed_table.py"), str(path)],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert table.returncode == 0, table.stderr[-2000:]
+    row = next(line for line in table.stdout.splitlines() if line.startswith("| `fourdfy_stage_3_tiny`"))
+    assert f"{data['fields']['random']['seconds_per_iter_weighted']:.3f}" in row
