@@ -7,7 +7,7 @@
 #   hashgrid   benchmarks/hash_grid.py (the hash grid and its MLP alone, 1 M points, 3-D and 4-D, fast vs torch)
 #   s1 s2 s3 vc s3lv vclv   benchmarks/iteration.py on fourdfy_stage_1, _2, _3, _3_vc, _3_low_vram,
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
-#              also their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on only;
+#              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on;
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
@@ -24,12 +24,13 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 } 2>&1 | tee -a "$log"
 run() { echo "=== $*" | tee -a "$log"; timeout "$1" "${@:2}" 2>&1 | grep -v -E "LeafSpec|litlogger|eval mode at the start" | tee -a "$log" | tail -30; }
 # one stage config, fast paths on (random, then fitted field) and off (random field), one process each
+ITER_ARGS=${ITER_ARGS:-}  # e.g. "--min-per-branch 3 --breakdown-steps 2" for a shorter call
 iter_on() {
-  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py --config "$@" --steps "${ITER_STEPS:-20}" --field both --fit-steps 300 \
+  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --field both --fit-steps "${FIT_STEPS:-300}" \
     ${ITER_PROFILE:+--profile "$ITER_PROFILE"} --out "$OUT"
 }
 iter_off() {
-  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py --config "$@" --steps "${ITER_STEPS:-20}" --fast-paths off --out "$OUT"
+  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --fast-paths off --out "$OUT"
 }
 iter() { iter_on "$@"; iter_off "$@"; }
 for part in "$@"; do
@@ -37,8 +38,10 @@ for part in "$@"; do
     tests) run 420 python3 -m pytest -q -n "${TEST_WORKERS:-8}" -rs -p no:cacheprovider tests ;;
     precision) run 300 python3 benchmarks/precision.py --max-seconds "${PRECISION_SECONDS:-240}" --out-dir "$OUT" ;;
     hashgrid) run 120 python3 benchmarks/hash_grid.py --out "$OUT" ;;
-    s1) iter_on configs/fourdfy_stage_1.yaml --phase early; iter configs/fourdfy_stage_1.yaml --phase late ;;
-    s2) iter_on configs/fourdfy_stage_2.yaml --phase early; iter configs/fourdfy_stage_2.yaml --phase late ;;
+    s1) iter configs/fourdfy_stage_1.yaml --phase late ;;
+    s2) iter configs/fourdfy_stage_2.yaml --phase late ;;
+    s1early) iter_on configs/fourdfy_stage_1.yaml --phase early ;;
+    s2early) iter_on configs/fourdfy_stage_2.yaml --phase early ;;
     guidancetests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_vsd_guidance.py \
       tests/guidance/test_cuda_graph.py tests/guidance/test_zeroscope_guidance.py tests/guidance/test_videocrafter_guidance.py ;;
     s3) iter configs/fourdfy_stage_3.yaml ;;
