@@ -48,7 +48,8 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
             continue
         off = runs.get((config, phase, "off"))
         rnd, fit = on["fields"]["random"], on["fields"].get("fitted")
-        branches = ", ".join(f"{SHORT.get(k, k)} {v['median']:.3f}" for k, v in rnd["seconds_per_iter_by_kind"].items())
+        kinds = rnd["seconds_per_iter_by_kind"]
+        branches = ", ".join(f"{SHORT[k]} {kinds[k]['median']:.3f}" for k in SHORT if k in kinds)
         s_off = off["fields"]["random"]["seconds_per_iter_weighted"] if off else None
         speedup = s_off / rnd["seconds_per_iter_weighted"] if off else None
         name = Path(config).stem + (f" ({phase})" if on["phase_fraction"] < 1 else "")
@@ -89,7 +90,18 @@ def main() -> int:
     print(whole_prompt(runs))
     grids = [json.loads(Path(f).read_text()) for f in args.json if Path(f).name.startswith("hash_grid")]
     for g in grids:
-        print("\nHash grid alone:", json.dumps({k: v for k, v in g.items() if k not in ("rows",)})[:2000])
+        print(f"\nHash grid and MLP alone ({g['args']['points']} points, {g['card']}, triton {g['versions']['triton']}):\n")
+        print(hash_grid_table(g))
+    return 0
+
+
+def hash_grid_table(g: dict) -> str:
+    """Markdown rows of a ``benchmarks/hash_grid.py`` JSON: forward and forward + backward medians per part/mode."""
+    lines = ["| part | mode | forward ms | forward + backward ms | peak MiB |", "|---|---|---|---|---|"]
+    for r in g["rows"]:
+        lines.append(f"| {r['part']} | {r['mode']} | {r['forward']['median_ms']:.2f} | "
+                     f"{r['forward_backward']['median_ms']:.2f} | {r['forward_backward']['peak_mem_mib']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
     return 0
 
 
