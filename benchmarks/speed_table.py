@@ -63,18 +63,21 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
 
 
 def whole_prompt(runs: dict[tuple[str, str, str], dict]) -> str:
+    """The estimate of the pipeline's stages measured with each fast-path mode; a stage not measured is named."""
     out = []
     for mode in ("on", "off"):
         files = [r["_path"] for (config, _, m), r in runs.items() if m == mode and config in PIPELINE]
-        if {runs[k]["config"] for k in runs if k[2] == mode and k[0] in PIPELINE} != set(PIPELINE):
+        if not files:
             continue
+        missing = [c for c in PIPELINE if c not in {runs[k]["config"] for k in runs if k[2] == mode}]
         for field in ("random", "fitted"):
             est = estimate(files, field)
             if field == "fitted" and all(r["field"] != "fitted" for r in est["rows"]):
                 continue
-            parts = " + ".join(f"{r['hours']:.2f}" for r in est["rows"])
+            parts = " + ".join(f"{Path(r['config']).stem} {r['hours']:.2f}" for r in est["rows"])
+            gap = f"; not measured: {', '.join(missing)}" if missing else ""
             out.append(f"- fast paths {mode}, {field} field: {parts} = **{est['hours']:.1f} h** "
-                       f"({sum(r['iterations'] for r in est['rows'])} iterations)")  # fmt: skip
+                       f"({sum(r['iterations'] for r in est['rows'])} iterations{gap})")  # fmt: skip
     return "\n".join(out)
 
 
