@@ -74,7 +74,8 @@ def whole_prompt(runs: dict[tuple[str, str, str], dict]) -> str:
             est = estimate(files, field)
             if field == "fitted" and all(r["field"] != "fitted" for r in est["rows"]):
                 continue
-            parts = " + ".join(f"{Path(r['config']).stem} {r['hours']:.2f}" for r in est["rows"])
+            parts = " + ".join(f"{Path(r['config']).stem} {r['hours']:.2f}" + (f" ({r['field']} field)" if r["field"] != field
+                               else "") for r in est["rows"])  # fmt: skip
             gap = f"; not measured: {', '.join(missing)}" if missing else ""
             out.append(f"- fast paths {mode}, {field} field: {parts} = **{est['hours']:.1f} h** "
                        f"({sum(r['iterations'] for r in est['rows'])} iterations{gap})")  # fmt: skip
