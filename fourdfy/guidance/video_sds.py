@@ -30,6 +30,12 @@ def frames_to_bchw(rgb: Float[Tensor, "B T H W 3"], size: tuple[int, int]) -> Fl
     return x
 
 
+def all_frames_with_grad(t: int, k: int) -> bool:
+    """Whether ``low_ram_vae = k`` gives every one of ``t`` frames a gradient (``k < 0`` or ``k >= t``), decided on
+    the host: :func:`grad_frame_mask` is then all True and draws nothing."""
+    return k < 0 or k >= t
+
+
 def grad_frame_mask(
     b: int, t: int, k: int, device: torch.device, generator: Optional[torch.Generator] = None
 ) -> Bool[Tensor, "B T"]:
@@ -39,7 +45,7 @@ def grad_frame_mask(
     Example:
         ``grad_frame_mask(1, 16, 4, dev)`` has exactly four True entries, at random positions.
     """
-    if k < 0 or k >= t:
+    if all_frames_with_grad(t, k):
         return torch.ones(b, t, dtype=torch.bool, device=device)
     ranks = torch.rand(b, t, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
     return ranks < k
@@ -48,7 +54,7 @@ def grad_frame_mask(
 def encode_frames(
     encode: Callable[[Tensor], Tensor],
     images: Float[Tensor, "N 3 h w"],
-    with_grad: Bool[Tensor, "N"],
+    with_grad: Optional[Bool[Tensor, "N"]],
     sample: Optional[Callable[[Tensor], Tensor]] = None,
     checkpoint_frames: int = 0,
 ) -> Float[Tensor, "N C h2 w2"]:
@@ -68,7 +74,7 @@ def encode_frames(
         encode: images ``[n, 3, h, w]`` -> per-frame encodings (any ``n`` >= 1): the latents themselves, or the
             VAE posterior's parameters when ``sample`` turns them into latents.
         images: the frames.
-        with_grad: per-frame flag.
+        with_grad: per-frame flag; None: every frame (known on the host, so no device-to-host read is needed).
         sample: encodings of ``n`` frames -> latents ``[n, C, h2, w2]``; None: the encodings are the latents.
         checkpoint_frames: frames per checkpointed ``encode`` call for the frames with gradient; 0: no checkpointing.
     """
@@ -85,7 +91,7 @@ def encode_frames(
         ]
         return sample(torch.cat(parts))
 
-    if bool(with_grad.all()):
+    if with_grad is None or bool(with_grad.all()):  # the second test reads the mask back (a host sync)
         return encode_with_grad(images)
     idx_grad = with_grad.nonzero().flatten()
     idx_rest = (~with_grad).nonzero().flatten()

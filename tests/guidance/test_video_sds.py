@@ -106,3 +106,19 @@ def test_posterior_sample_is_mean_plus_std_times_noise():
     z = video_sds.vae_posterior_sample(torch.cat([mean, logvar], dim=1), 0.5, torch.Generator().manual_seed(3))
     eps = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(z, 0.5 * (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps))
+
+
+def test_all_frames_is_decided_on_the_host_and_matches_the_mask():
+    """``with_grad=None`` (every frame, decided from ``low_ram_vae`` without reading a mask back) encodes exactly as
+    an all-True mask, and the host rule agrees with :func:`grad_frame_mask`."""
+    for t, k in [(4, -1), (4, 4), (4, 9), (4, 2), (4, 1)]:
+        mask = video_sds.grad_frame_mask(1, t, k, torch.device("cpu"), torch.Generator().manual_seed(0))
+        assert video_sds.all_frames_with_grad(t, k) == bool(mask.all())
+    images = torch.rand(3, 3, 8, 8, requires_grad=True)
+    weight = torch.randn(3, 3, 8, 8)
+    encode = lambda x: x * weight[: x.shape[0]] if x.shape[0] == 3 else x  # noqa: E731
+    a = video_sds.encode_frames(encode, images, None)
+    b = video_sds.encode_frames(encode, images, torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (ga,) = torch.autograd.grad(a.sum(), images)
+    torch.testing.assert_close(ga, weight, rtol=0, atol=0)
