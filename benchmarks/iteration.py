@@ -17,7 +17,8 @@ What it does, in order:
 2. Runs the real Lightning training loop: ``--warmup`` untimed iterations, ``--steps`` timed ones (CUDA-synchronised
    at the iteration boundaries only, nothing inside), then ``--breakdown-steps`` iterations in which every phase is
    synchronised and timed: occupancy update, render forward, guidance (VAE encode separately), backward, optimizer,
-   and the rest ("host": data, Lightning, loss assembly, logging). Per branch and overall; samples per ray.
+   and the rest ("host": data, Lightning, loss assembly, logging). Per branch and overall; samples per ray. On
+   CUDA, one more iteration of each branch counts the synchronising CUDA calls (host syncs) it makes.
 3. ``--field fitted`` (or ``both``, after the random-field measurement) first fits the field photometrically to a
    synthetic object (two spheres, the smaller one moving with time) for ``--fit-steps`` steps and rebuilds the
    occupancy grid from the fitted field, so that samples per ray are those of a scene, not of the random blob.
@@ -38,6 +39,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -320,6 +322,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.rows: list[dict] = []
             self.breakdown: list[dict] = []
             self.profiled = 0
+            self.syncs: dict[str, int] = {}
             self.mode = "warmup"
 
         def _count(self, rows: list[dict], kind: str) -> int:
@@ -336,6 +339,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     self._count(self.breakdown, k) < args.breakdown_steps for k in weights):
                 # only branches that still need breakdown rows are synchronised; the others run as "skip"
                 return "breakdown" if self._count(self.breakdown, kind) < args.breakdown_steps else "skip"
+            if cuda and args.count_syncs and any(k not in self.syncs for k in weights):
+                return "syncs" if kind not in self.syncs else "skip"
             if self.profiled < args.profile:
                 return "profile"
             return "done"
@@ -351,6 +356,11 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.profiler.__enter__()
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
             self.start = clock.mark()
+            if self.mode == "syncs":  # every synchronising CUDA call of this iteration warns (torch's debug mode)
+                self._caught = warnings.catch_warnings(record=True)
+                self._records = self._caught.__enter__()
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode(1)
 
         def on_before_backward(self, trainer, module, loss) -> None:
             if clock.on:
@@ -365,6 +375,10 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.optimizer_start = clock.mark()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if self.mode == "syncs":
+                torch.cuda.set_sync_debug_mode(0)
+                self._caught.__exit__(None, None, None)
+                self.syncs[self.kind] = sum("synchroniz" in str(w.message) for w in self._records)
             end = clock.mark()
             seconds = end - self.start
             samples = float(trainer.callback_metrics.get("train/num_samples", float("nan")))
@@ -397,10 +411,11 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
         inference_mode=False, limit_val_batches=0, use_distributed_sampler=False,
-        max_steps=args.warmup + cap_timed + cap_breakdown + args.profile + 1, **trainer_cfg,
+        max_steps=args.warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile + 1, **trainer_cfg,
     )  # fmt: skip
     trainer.fit(system, datamodule=dm)
-    return summarise(system, cfg, timer.rows, timer.breakdown, label, cuda) | {"rank": trainer.global_rank}
+    summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
+    return summary | {"host_syncs_by_kind": timer.syncs, "rank": trainer.global_rank}
 
 
 def strategy(args, cuda: bool) -> Any:
@@ -523,6 +538,9 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
           f"  -> {max_steps * fraction:.0f} iterations of this stage/phase ~ {hours:.2f} h")  # fmt: skip
     header = " ".join(f"{p:>10}" for p in PHASES)
     print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} | breakdown (ms): {header}")
+    if m.get("host_syncs_by_kind"):
+        print("host syncs per iteration (synchronising CUDA calls): "
+              + ", ".join(f"{k} {v}" for k, v in m["host_syncs_by_kind"].items()))  # fmt: skip
     for k, v in m["seconds_per_iter_by_kind"].items():
         ph = m["breakdown_by_kind"].get(k)
         cells = " ".join(f"{1000 * ph[p]:>10.1f}" for p in PHASES) if ph else "(no breakdown step drew this branch)"
@@ -543,6 +561,9 @@ def main() -> int:
                         help="the random-weight field, a field fitted to a synthetic object first, or both in turn")
     parser.add_argument("--fit-steps", type=int, default=300, help="photometric fitting steps of the fitted field")
     parser.add_argument("--profile", type=int, default=0, help="profile this many steps after the others")
+    parser.add_argument("--count-syncs", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, one more iteration per branch counting synchronising CUDA calls "
+                             "(torch.cuda.set_sync_debug_mode)")
     parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")

@@ -128,6 +128,7 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
             assert set(phases) == set(data["fields"]["random"]["breakdown_by_kind"][kind])
             assert phases["render"] > 0 and phases["guidance"] > 0 and phases["backward"] > 0
         assert field["breakdown_by_kind"]["video"]["vae_encode"] > 0
+        assert field["host_syncs_by_kind"] == {}  # counted on CUDA only (torch's sync debug mode)
     assert data["stage_hours_estimate"] > 0
     est = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--estimate", str(path)],
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
