@@ -27,12 +27,8 @@ Prints a table and writes ``<out>/hash_grid_<card-slug>.json`` (``--out`` is a f
 
 import argparse
 import json
-import platform
-import re
 import resource
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.machine import card_name, slug, versions  # noqa: E402
+from benchmarks.timing import time_calls  # noqa: E402
 from fourdfy.experiment import load_yaml_tree  # noqa: E402
 from fourdfy.field_components import hash_grid_triton  # noqa: E402
 from fourdfy.field_components.encoding_configs import parse_encoding_config, parse_mlp_config  # noqa: E402
@@ -69,36 +67,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.points < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--points and --repeats must be >= 1, --warmup >= 0")
     return args
-
-
-def card_name(device: torch.device) -> str:
-    """Human-readable accelerator name ("cpu: <processor>" on CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}"
-
-
-def slug(text: str) -> str:
-    """Lower-case file-name slug: 'NVIDIA H200' -> 'nvidia-h200'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def versions() -> dict[str, Optional[str]]:
-    """torch, CUDA (None on a CPU build), Triton and tinycudann versions (None when not importable)."""
-    try:
-        import triton  # noqa: PLC0415
-
-        triton_version: Optional[str] = triton.__version__
-    except ImportError:
-        triton_version = None
-    tcnn = tcnn_module()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton_version,
-        "tinycudann": getattr(tcnn, "__version__", "unknown") if tcnn is not None else None,
-    }
 
 
 def field_configs(path: Path) -> tuple[dict, dict]:
@@ -134,30 +102,18 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     """Median / p10 / p90 milliseconds per call of ``fn`` and its peak memory in MiB (see the module docstring)."""
     for _ in range(warmup):
         fn()
-    sync(device)
-    times: list[float] = []
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+    out = time_calls(fn, device, repeats, warmup=0)
+    if device.type == "cuda":
         peak_mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         peak_mib = maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "repeats": len(times),
-            "peak_mem_mib": peak_mib}  # fmt: skip
+    out["repeats"] = out.pop("iters")
+    return out | {"peak_mem_mib": peak_mib}
 
 
 def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) -> list[dict]:
@@ -258,7 +214,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "benchmark": "hash_grid",
         "card": card,
         "device": str(device),
-        "versions": versions(),
+        "versions": versions("triton", "tinycudann"),
         "args": {"points": args.points, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
                  "config": str(args.config.resolve().relative_to(REPO_ROOT)) if args.config.resolve().is_relative_to(
                      REPO_ROOT) else str(args.config)},  # fmt: skip

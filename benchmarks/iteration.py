@@ -35,14 +35,13 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,32 +121,6 @@ the config). ``tests/benchmarks/test_iteration_benchmark.py`` checks that each p
 def fast_path_off_overrides(tree: dict) -> list[str]:
     """The overrides that switch off every fast path present in a raw config tree."""
     return [f"{s.key}={s.off}" for s in FAST_PATH_SWITCHES if s.applies(tree)]
-
-
-def card_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
-def versions() -> dict[str, Optional[str]]:
-    """Versions of the libraries that decide the speed."""
-    import importlib
-
-    out: dict[str, Optional[str]] = {"python": platform.python_version()}
-    for name in ("torch", "triton", "diffusers", "transformers", "pytorch_lightning"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except Exception:  # noqa: BLE001  (absent or broken: recorded as such)
-            out[name] = None
-    import torch
-
-    out["cuda"] = torch.version.cuda
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -588,6 +561,7 @@ def main() -> int:
     import pytorch_lightning as pl
     import torch
 
+    from benchmarks.machine import card_name, slug, versions
     from fourdfy.experiment import load_config, load_yaml_tree
     from fourdfy.registry import build
 
@@ -658,7 +632,7 @@ def main() -> int:
         "world_size": args.devices,
         "card": card_name(),
         "device": args.device,
-        **versions(),
+        **versions("triton", "diffusers", "transformers", "pytorch_lightning"),
         "build_seconds": build_s,
         "warmup": args.warmup,
         "fit": fit_report,

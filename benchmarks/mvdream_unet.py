@@ -20,12 +20,8 @@ Writes ``benchmarks/results/mvdream_unet_<card-slug>.json`` (override with ``--o
 import argparse
 import copy
 import json
-import platform
-import re
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.machine import card_name, slug  # noqa: E402
+from benchmarks.timing import time_calls  # noqa: E402
 from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel  # noqa: E402
 
 # Small config for CPU smoke runs (same family as the golden parity fixture).
@@ -68,18 +66,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def card_name(device: torch.device) -> str:
-    """Human-readable accelerator name ("cpu: <processor>" on CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}"
-
-
-def slug(text: str) -> str:
-    """Lower-case file-name slug: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
 def make_inputs(args: argparse.Namespace, context_dim: int, device: torch.device) -> dict[str, Any]:
     """Random fp32 inputs at the benchmark shape (views contiguous per object, one t per object)."""
     if args.batch % args.num_frames != 0:
@@ -100,30 +86,6 @@ def make_inputs(args: argparse.Namespace, context_dim: int, device: torch.device
 def cast_inputs(inputs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
     """Floating inputs in ``dtype`` (the model would cast them anyway; doing it up front keeps graphs static)."""
     return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in inputs.items()}
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int) -> dict[str, float]:
-    """Median / p10 / p90 milliseconds per call (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "iters": len(times)}
 
 
 def capture_cuda_graph(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

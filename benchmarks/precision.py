@@ -45,10 +45,8 @@ import copy
 import dataclasses
 import gc
 import json
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -63,6 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.machine import card_name, slug, versions  # noqa: E402
 from fourdfy.guidance import precision as policy  # noqa: E402
 from fourdfy.guidance import sds  # noqa: E402
 
@@ -662,33 +661,6 @@ def print_tables(report: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def card_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def versions() -> dict[str, Optional[str]]:
-    out: dict[str, Optional[str]] = {"python": platform.python_version(), "torch": torch.__version__,
-                                     "cuda": torch.version.cuda,
-                                     "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None}  # fmt: skip
-    for pkg in ("diffusers", "transformers"):
-        try:
-            out[pkg] = __import__(pkg).__version__
-        except Exception:
-            out[pkg] = None
-    try:
-        out["fourdfy_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                               text=True, timeout=10).stdout.strip() or None  # fmt: skip
-    except Exception:
-        out["fourdfy_commit"] = None
-    return out
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
@@ -728,7 +700,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "benchmark": "precision", "card": card_name(device), "device": str(device), "tiny": args.tiny,
-        "versions": versions(),
+        "versions": versions("diffusers", "transformers"),
         "args": {"networks": args.networks, "modes": args.modes, "t": list(T_VALUES), "contexts": list(CONTEXTS),
                  "near_ratio": args.near_ratio, "repeats": args.repeats, "warmup": args.warmup},
         "notes": [

@@ -34,7 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.mvdream_unet import card_name, relative_error, slug, time_calls  # noqa: E402
+from benchmarks.machine import card_name, slug  # noqa: E402
+from benchmarks.mvdream_unet import relative_error  # noqa: E402
+from benchmarks.timing import time_calls  # noqa: E402
 from extern.videocrafter.unet import VIDEOCRAFTER2_UNET_CONFIGS, VideoCrafterUNetModel  # noqa: E402
 from fourdfy.guidance.cuda_graph import GraphedForward  # noqa: E402
 

@@ -1,0 +1,50 @@
+"""What every benchmark records about the machine it ran on: the card's name, a file-name slug of it, and the
+versions of the libraries that decide the speed (plus the commit measured)."""
+
+import importlib
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def card_name(device: Optional[torch.device] = None) -> str:
+    """The accelerator's name (``device``, default: the first CUDA device when there is one), or
+    ``"cpu: <processor>"``."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def slug(text: str) -> str:
+    """Lower-case file-name slug: ``'NVIDIA H200'`` -> ``'nvidia-h200'``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def versions(*packages: str) -> dict[str, Optional[str]]:
+    """Python, torch, CUDA and cuDNN (None on a CPU build), the given packages' ``__version__`` (None when they do not
+    import) and the git commit of this checkout (None outside one)."""
+    out: dict[str, Optional[str]] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+    }
+    for name in packages:
+        try:
+            out[name] = getattr(importlib.import_module(name), "__version__", "unknown")
+        except Exception:  # noqa: BLE001  (absent or broken: recorded as such)
+            out[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out["fourdfy_commit"] = commit.stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        out["fourdfy_commit"] = None
+    return out
