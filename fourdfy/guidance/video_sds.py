@@ -10,6 +10,7 @@ Shared by the video guidances (ZeroScope now, VideoCrafter2 later). Layouts:
 The SDS math itself (noising, CFG, weights, the target-form loss) is in :mod:`fourdfy.guidance.sds`.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Optional
 
@@ -18,6 +19,27 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+from fourdfy.config import ranged
+
+
+@dataclasses.dataclass
+class VaeCheckpointConfig:
+    """The VAE-encoder checkpointing keys both video guidances share (their ``Config`` classes inherit them)."""
+
+    vae_checkpoint: bool = True
+    """Encode the frames with gradient ``vae_checkpoint_frames`` at a time under activation checkpointing: the
+    VAE encoder's activations are held for that many frames at a time (recomputed in backward; the posterior
+    sample is drawn once, outside, so the latents are the same); false: all frames with gradient in one call,
+    activations kept."""
+    vae_checkpoint_frames: int = ranged(4, ge=1)
+    """Frames per checkpointed encoder call. Fewer frames hold less memory but run the encoder at a smaller
+    batch: ZeroScope's 16 frames at 576x320 took 150-190 ms one per call, 92 ms four per call and 76 ms in one
+    call (H200, fp16; ``benchmarks/results/iteration_stage_3_*``)."""
+
+    def checkpoint_frames(self) -> int:
+        """Frames per checkpointed encoder call (0: no checkpointing)."""
+        return self.vae_checkpoint_frames if self.vae_checkpoint else 0
 
 
 def frames_to_bchw(rgb: Float[Tensor, "B T H W 3"], size: tuple[int, int]) -> Float[Tensor, "BT 3 h w"]:

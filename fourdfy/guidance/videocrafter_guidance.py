@@ -72,7 +72,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from fourdfy import stand_ins
-from fourdfy.config import ConfigError, Scheduled, choice, ranged
+from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.errors import MissingWeightsError
 from fourdfy.guidance import precision, sds, video_sds
@@ -108,7 +108,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
     """``weights_dtype: auto`` takes this family's measured default (:mod:`fourdfy.guidance.precision`)."""
 
     @dataclasses.dataclass
-    class Config:
+    class Config(video_sds.VaeCheckpointConfig):
         pretrained_model_name_or_path: Optional[str] = None
         """``model.ckpt``: local path; the hub id ``VideoCrafter/VideoCrafter2``, ``""`` or null download it; or a
         stand-in name. 4D-fy's configs interpolate ``system.prompt_processor_video.pretrained_model_name_or_path``."""
@@ -135,15 +135,6 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """Text by the clip camera's direction (", front view", ...)."""
         low_ram_vae: int = -1
         """> 0: only this many random frames carry gradients through the VAE; <= 0: all frames."""
-        vae_checkpoint: bool = True
-        """Encode the frames with gradient ``vae_checkpoint_frames`` at a time under activation checkpointing: the
-        VAE encoder's activations are held for that many frames at a time (recomputed in backward; the posterior
-        sample is drawn once, outside, so the latents are the same); false: all frames with gradient in one call,
-        activations kept."""
-        vae_checkpoint_frames: int = ranged(4, ge=1)
-        """Frames per checkpointed encoder call. One frame per call holds the least memory (about 1.3 GB of
-        activations per 576x320 frame in fp16) but runs the encoder at batch 1, about half as fast per frame as
-        a batched call on an H200; 4 keeps most of the batched speed."""
         width_vid: int = 128
         """Unused (4D-fy: informational copy of ``data.single_view.width_vid``)."""
         height_vid: int = 80
@@ -184,10 +175,6 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
     # ----------------------------------------------------------------------------------------------------------
     # building
     # ----------------------------------------------------------------------------------------------------------
-
-    def checkpoint_frames(self) -> int:
-        """Frames per checkpointed VAE-encoder call (0: no checkpointing), from ``vae_checkpoint[_frames]``."""
-        return self.cfg.vae_checkpoint_frames if self.cfg.vae_checkpoint else 0
 
     def configure(self) -> None:
         from extern.videocrafter import scale_arr
@@ -253,7 +240,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
             if not video_sds.all_frames_with_grad(t, k):
                 with_grad = video_sds.grad_frame_mask(b, t, k, rgb.device, generator).reshape(-1)
             z = video_sds.encode_frames(
-                moments, images, with_grad, sample, checkpoint_frames=self.checkpoint_frames()
+                moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()
             )
             return video_sds.frames_to_video(z, b)
 

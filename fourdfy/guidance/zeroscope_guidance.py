@@ -63,7 +63,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from fourdfy import stand_ins
-from fourdfy.config import ConfigError, Scheduled, choice, ranged
+from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.guidance import precision, sds, video_sds
 from fourdfy.guidance.base import AnnealedStepGuidance, GuidanceOutput
@@ -141,7 +141,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
     shrink it on an instance to run fast)."""
 
     @dataclasses.dataclass
-    class Config:
+    class Config(video_sds.VaeCheckpointConfig):
         pretrained_model_name_or_path: str = ZEROSCOPE_HUB_ID
         """Local diffusers folder (``unet/``, ``vae/``, ``scheduler/``), hub id, or a reserved stand-in name
         (``tiny-random-zeroscope``, ``random-init-zeroscope-v2-576w``)."""
@@ -182,15 +182,6 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         """Text with ", front view" etc. from the clip's camera (as 4D-fy)."""
         low_ram_vae: int = -1
         """Frames per clip encoded with gradient (a random subset; the rest without); -1: all frames."""
-        vae_checkpoint: bool = True
-        """Encode the frames with gradient ``vae_checkpoint_frames`` at a time under activation checkpointing: the
-        VAE encoder's activations are held for that many frames at a time (recomputed in backward; the posterior
-        sample is drawn once, outside, so the latents are the same); false: all frames with gradient in one call,
-        activations kept."""
-        vae_checkpoint_frames: int = ranged(4, ge=1)
-        """Frames per checkpointed encoder call. One frame per call holds the least memory (about 1.3 GB of
-        activations per 576x320 frame in fp16) but runs the encoder at batch 1, about half as fast per frame as
-        a batched call on an H200; 4 keeps most of the batched speed."""
         cuda_graph: bool = True
         """On CUDA, replay the UNet forward from a CUDA graph (one per input shape): the same computation with
         fewer kernel launches, at the cost of a private memory pool of the forward's peak activations."""
@@ -228,10 +219,6 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
     def __init__(self, cfg=None, path: str = "system.guidance_video") -> None:
         self.path = path
         super().__init__(cfg, path)
-
-    def checkpoint_frames(self) -> int:
-        """Frames per checkpointed VAE-encoder call (0: no checkpointing), from ``vae_checkpoint[_frames]``."""
-        return self.cfg.vae_checkpoint_frames if self.cfg.vae_checkpoint else 0
 
     def configure(self) -> None:
         c = self.cfg
@@ -308,7 +295,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
                 video_sds.vae_posterior_sample, scaling_factor=self.vae.config.scaling_factor, generator=generator
             )
             z = video_sds.encode_frames(
-                self._encode_moments, images, with_grad, sample, checkpoint_frames=self.checkpoint_frames()
+                self._encode_moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()
             )
         return video_sds.frames_to_video(z, b)
 

@@ -433,7 +433,7 @@ def test_prompt_processor_missing_weights_point_at_zeroscope(tmp_path, monkeypat
 
 def test_vae_checkpoint_frames_sets_the_frames_per_encoder_call():
     g = make_guidance(vae_checkpoint_frames=3)
-    assert g.checkpoint_frames() == 3 and make_guidance(vae_checkpoint=False).checkpoint_frames() == 0
+    assert g.cfg.checkpoint_frames() == 3 and make_guidance(vae_checkpoint=False).cfg.checkpoint_frames() == 0
     calls = []
     hook = g.vae.encoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     rgb = torch.rand(2, 4, 6, 8, 3, requires_grad=True)
