@@ -243,20 +243,28 @@ ENCODE_METHODS = ("encode_video", "encode_frames", "encode_images")
 
 
 class PhaseClock:
-    """Synchronised wall-clock timers around methods, active only while ``on`` is set."""
+    """Synchronised wall-clock timers around methods, active only while ``on`` is set; while ``labels`` is set
+    (profiled steps) the same methods run inside ``torch.profiler.record_function("phase:<name>")`` ranges, so the
+    profiler table attributes GPU time to the phases."""
 
     def __init__(self, cuda: bool) -> None:
         import torch
 
         self.cuda = cuda
         self.on = False
+        self.labels = False
         self.totals: dict[str, float] = {}
         self._sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
+        import torch
+
         inner = getattr(owner, name)
 
         def timed(*args, **kwargs):
+            if self.labels:
+                with torch.profiler.record_function(f"phase:{phase}"):
+                    return inner(*args, **kwargs)
             if not self.on:
                 return inner(*args, **kwargs)
             self._sync()
@@ -323,6 +331,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.mode = self._next_mode(batch_idx, self.kind)
             clock.on = self.mode == "breakdown"
             clock.totals = {}
+            clock.labels = self.mode == "profile"
             if self.mode == "profile" and self.profiled == 0:
                 activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
                 self.profiler = torch.profiler.profile(activities=activities)
@@ -372,8 +381,14 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 if self.profiled == args.profile:
                     self.profiler.__exit__(None, None, None)
                     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-                    print(self.profiler.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
-            clock.on = False
+                    averages = self.profiler.key_averages()
+                    print(averages.table(sort_by=key, row_limit=30, max_name_column_width=60))
+                    print("time inside each phase (profiler ranges, all profiled steps; backward is not a range):")
+                    for event in sorted((e for e in averages if e.key.startswith("phase:")), key=lambda e: e.key):
+                        us = (getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)) if cuda \
+                            else event.cpu_time_total  # fmt: skip
+                        print(f"  {event.key:<20} {us / 1000:9.1f} ms  calls {event.count}")
+            clock.on = clock.labels = False
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
             if self._next_mode(batch_idx + 1, "") == "done":
