@@ -9,6 +9,7 @@
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
 #              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on;
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
+#   cap24      stage 3 (ZeroScope and VideoCrafter2) with PyTorch's GPU memory capped at 22 GiB (a 24 GB card)
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
@@ -46,6 +47,11 @@ for part in "$@"; do
       tests/guidance/test_cuda_graph.py tests/guidance/test_zeroscope_guidance.py tests/guidance/test_videocrafter_guidance.py ;;
     s3) iter configs/fourdfy_stage_3.yaml ;;
     s3on) iter_on configs/fourdfy_stage_3.yaml ;;
+    cap24)  # the paper stage-3 configs on an emulated 24 GB card (PyTorch capped at 22 GiB): an OOM fails the run
+      for c in configs/fourdfy_stage_3.yaml configs/fourdfy_stage_3_vc.yaml; do
+        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --memory-cap-gib 22 \
+          --steps "${ITER_STEPS:-20}" --tag cap22 --out "$OUT"
+      done ;;
     vc) iter configs/fourdfy_stage_3_vc.yaml ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;

@@ -561,6 +561,8 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--devices", type=int, default=1, help="data-parallel processes (DDP; gloo on CPU)")
     parser.add_argument("--tiny", action="store_true", help="the stage's tiny smoke config (configs/smoke/)")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="emulate a smaller card: cap PyTorch's GPU memory at this many GiB (e.g. 22 for 24 GB)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--estimate", nargs="+", metavar="JSON", help="only print the whole-prompt estimate")
@@ -582,6 +584,13 @@ def main() -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device; use --device cpu")
+    if args.memory_cap_gib is not None:
+        if args.device != "cuda":
+            parser.error("--memory-cap-gib needs --device cuda")
+        # the caching allocator refuses to hold more than this: a run that would need more ends in an OOM error,
+        # so a finished run shows the stage fits on a card of that size (less the CUDA context, ~0.5 GiB)
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), 0)
     variant = "_low_vram" if args.low_vram else ""
     if args.tiny:
         config = ROOT / "configs" / "smoke" / f"fourdfy_stage_{args.stage}_tiny.yaml"
@@ -655,6 +664,7 @@ def main() -> int:
         "seconds_per_iter_median": main_m["seconds_per_iter_median"],
         "seconds_per_iter_weighted": main_m["seconds_per_iter_weighted"],
         "peak_memory_gib": main_m["peak_memory_gib"],
+        "memory_cap_gib": args.memory_cap_gib,
         "peak_memory_gib_per_device": main_m["peak_memory_gib_per_device"],
         "stage_hours_estimate": max_steps * fraction * main_m["seconds_per_iter_weighted"] / 3600,
         "fields": measurements,
