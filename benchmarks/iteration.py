@@ -456,6 +456,8 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
         "breakdown_by_kind": phases_by_kind,
         "breakdown_steps": len(breakdown),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        # what the caching allocator held at its peak (allocated + cached blocks): what the card must really have
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
         "peak_memory_gib_per_device": (
             [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if cuda else None
         ),
