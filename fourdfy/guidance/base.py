@@ -2,7 +2,7 @@
 
 import dataclasses
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -17,10 +17,12 @@ from fourdfy.utils.base import BaseModule
 @dataclasses.dataclass
 class GuidanceOutput:
     """Losses of one guidance call, keyed by loss name (``"sds"`` is weighted by ``system.loss.lambda_sds``),
-    and statistics to log (never back-propagated)."""
+    and statistics to log (never back-propagated). A statistic computed on the device stays a detached 0-dim
+    tensor: turning it into a float would make the host wait for the GPU every iteration; the logger reads it when
+    it writes."""
 
     losses: dict[str, Float[Tensor, ""]]
-    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    stats: dict[str, Union[float, Float[Tensor, ""]]] = dataclasses.field(default_factory=dict)
 
 
 class BaseGuidance(BaseModule):
@@ -94,7 +96,8 @@ class BaseGuidance(BaseModule):
         if target is None or target == rgb.device:
             return self(rgb, prompts, batch)
         out = self(rgb.to(target), prompts, batch.to(target))
-        return GuidanceOutput({k: v.to(rgb.device) for k, v in out.losses.items()}, out.stats)
+        stats = {k: v.to(rgb.device) if isinstance(v, Tensor) else v for k, v in out.stats.items()}
+        return GuidanceOutput({k: v.to(rgb.device) for k, v in out.losses.items()}, stats)
 
     def freeze(self, module: nn.Module) -> nn.Module:
         """Put a pretrained network in eval mode without gradients."""

@@ -142,7 +142,7 @@ class MultiviewDiffusionGuidance(BaseGuidance):
         loss = sds.sds_loss(latents, grad)
         return GuidanceOutput(
             losses={"sds": loss},
-            stats={"grad_norm": float(grad.norm()), "min_step": float(self.min_step), "max_step": float(self.max_step)},
+            stats={"grad_norm": grad.norm().detach(), "min_step": float(self.min_step), "max_step": float(self.max_step)},
         )
 
     @torch.no_grad()

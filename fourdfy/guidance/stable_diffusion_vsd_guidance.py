@@ -365,7 +365,7 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         loss_lora = self.lora_loss(latents, draws.t_lora, draws.noise_lora, cond, camera_lora)
         return GuidanceOutput(
             losses={"vsd": loss_vsd, "lora": loss_lora},
-            stats={"grad_norm": float(grad.norm()), "min_step": float(self.min_step), "max_step": float(self.max_step)},
+            stats={"grad_norm": grad.norm().detach(), "min_step": float(self.min_step), "max_step": float(self.max_step)},
         )
 
     def camera_condition(self, batch: CameraBatch) -> Float[Tensor, "B 16"]:

@@ -281,7 +281,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         return GuidanceOutput(
             losses={"sds_video": loss},
             stats={
-                "grad_norm": float(grad.norm()),
+                "grad_norm": grad.norm().detach(),
                 "min_step": float(self.min_step),
                 "max_step": float(self.max_step),
             },

@@ -329,7 +329,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         return GuidanceOutput(
             losses={"sds_video": loss},
             stats={
-                "grad_norm": float(grad.norm()), "timestep": float(draws.t.float().mean()),
+                "grad_norm": grad.norm().detach(), "timestep": draws.t.float().mean(),
                 "min_step": float(self.min_step), "max_step": float(self.max_step),
             },
         )  # fmt: skip

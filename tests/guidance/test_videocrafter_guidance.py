@@ -115,7 +115,7 @@ def test_gradient_on_fixed_noise_and_t_matches_hand_computation(guidance):
     assert g.abs().max() > 0 and (eps_c - eps_u).abs().max() > 0  # a non-trivial network
     torch.testing.assert_close(z_leaf.grad, g / b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.losses["sds_video"], 0.5 * g.square().sum() / b, rtol=1e-5, atol=1e-3)
-    assert out.stats["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-5)
+    assert float(out.stats["grad_norm"]) == pytest.approx(g.norm().item(), rel=1e-5)
 
 
 def test_motion_amplification_scales_only_the_deviation_from_the_frame_mean(guidance):

@@ -119,7 +119,7 @@ def test_vsd_loss_and_latent_gradient_match_hand_computation(scale_lora):
     grad = (1 - a) * (eps_pre - eps_lora)
     expected = 0.5 * grad.square().sum() / B
     torch.testing.assert_close(out.losses["vsd"], expected, rtol=1e-5, atol=1e-7)
-    assert out.stats["grad_norm"] == pytest.approx(grad.norm().item(), rel=1e-5)
+    assert float(out.stats["grad_norm"]) == pytest.approx(grad.norm().item(), rel=1e-5)
 
     # gradient with respect to the latents is g / B
     z_leaf = z.clone().requires_grad_(True)

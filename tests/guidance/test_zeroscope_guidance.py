@@ -94,8 +94,8 @@ def test_latent_gradient_matches_hand_computation(guidance, view_dependent):
     assert expected.abs().max() > 1.0  # a real signal, not a trivially small one
     torch.testing.assert_close(leaf.grad * b, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.losses["sds_video"], 0.5 * expected.square().sum() / b, rtol=1e-4, atol=1e-4)
-    assert out.stats["grad_norm"] == pytest.approx(expected.norm().item(), rel=1e-4)
-    assert out.stats["timestep"] == pytest.approx((37 + 911) / 2)
+    assert float(out.stats["grad_norm"]) == pytest.approx(expected.norm().item(), rel=1e-4)
+    assert float(out.stats["timestep"]) == pytest.approx((37 + 911) / 2)
 
 
 def test_weighting_strategies_and_grad_clip(guidance):
