@@ -73,6 +73,17 @@ def grad_frame_mask(
     return ranks < k
 
 
+def frame_grad_flags(
+    b: int, t: int, k: int, device: torch.device, generator: Optional[torch.Generator] = None
+) -> Optional[Bool[Tensor, "BT"]]:
+    """The ``with_grad`` argument of :func:`encode_frames` for ``B`` clips of ``T`` frames and ``low_ram_vae = k``:
+    ``None`` when every frame has a gradient (decided on the host, so nothing is read back from the device), else
+    :func:`grad_frame_mask` flattened clip-major."""
+    if all_frames_with_grad(t, k):
+        return None
+    return grad_frame_mask(b, t, k, device, generator).reshape(-1)
+
+
 def encode_frames(
     encode: Callable[[Tensor], Tensor],
     images: Float[Tensor, "N 3 h w"],

@@ -236,9 +236,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
 
         with autocast:
             images = video_sds.frames_to_bchw(rgb.float(), tuple(self.cfg.frame_size)) * 2.0 - 1.0
-            with_grad = None  # every frame: decided on the host, no mask to read back
-            if not video_sds.all_frames_with_grad(t, k):
-                with_grad = video_sds.grad_frame_mask(b, t, k, rgb.device, generator).reshape(-1)
+            with_grad = video_sds.frame_grad_flags(b, t, k, rgb.device, generator)
             z = video_sds.encode_frames(
                 moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()
             )

@@ -287,10 +287,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         b, t = rgb.shape[:2]
         with torch.autocast(device_type=rgb.device.type, enabled=False):
             images = video_sds.frames_to_bchw(rgb.float(), self.video_size) * 2.0 - 1.0
-            k = self.cfg.low_ram_vae
-            with_grad = None  # every frame: decided on the host, no mask to read back
-            if not video_sds.all_frames_with_grad(t, k):
-                with_grad = video_sds.grad_frame_mask(b, t, k, rgb.device, generator).reshape(-1)
+            with_grad = video_sds.frame_grad_flags(b, t, self.cfg.low_ram_vae, rgb.device, generator)
             sample = functools.partial(
                 video_sds.vae_posterior_sample, scaling_factor=self.vae.config.scaling_factor, generator=generator
             )

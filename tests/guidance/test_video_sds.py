@@ -114,6 +114,10 @@ def test_all_frames_is_decided_on_the_host_and_matches_the_mask():
     for t, k in [(4, -1), (4, 4), (4, 9), (4, 2), (4, 1)]:
         mask = video_sds.grad_frame_mask(1, t, k, torch.device("cpu"), torch.Generator().manual_seed(0))
         assert video_sds.all_frames_with_grad(t, k) == bool(mask.all())
+        flags = video_sds.frame_grad_flags(1, t, k, torch.device("cpu"), torch.Generator().manual_seed(0))
+        assert (flags is None) == bool(mask.all())
+        if flags is not None:
+            assert torch.equal(flags, mask.reshape(-1))
     images = torch.rand(3, 3, 8, 8, requires_grad=True)
     weight = torch.randn(3, 3, 8, 8)
     encode = lambda x: x * weight[: x.shape[0]] if x.shape[0] == 3 else x  # noqa: E731
