@@ -285,6 +285,20 @@ class PhaseClock:
         return time.perf_counter()
 
 
+def install_clock(system, cuda: bool) -> PhaseClock:
+    """A :class:`PhaseClock` wrapped around the system's renderer (forward, occupancy update) and guidances (the
+    whole call, and the first of :data:`ENCODE_METHODS` each has)."""
+    clock = PhaseClock(cuda)
+    clock.wrap(system.renderer, "forward", "render")
+    clock.wrap(system.renderer, "update_step", "occupancy")
+    for guidance in system.guidances().values():
+        clock.wrap(guidance, "guide", "guidance")
+        name = next((n for n in ENCODE_METHODS if hasattr(guidance, n)), None)
+        if name is not None:
+            clock.wrap(guidance, name, "vae_encode")
+    return clock
+
+
 def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, clock: PhaseClock) -> dict[str, Any]:
     """Warm-up, timed and breakdown iterations of one Lightning ``fit``; returns the measurement."""
     import pytorch_lightning as pl
@@ -469,8 +483,7 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
 def phase_fraction(cfg, phase: str, max_steps: int) -> float:
     """Share of the stage's iterations spent in ``phase``: the multi-view resolution switches at its first
     milestone; a stage whose multi-view resolution never changes spends all of them in either phase."""
-    mv = cfg.data.get("multi_view") if isinstance(cfg.data, dict) else getattr(cfg.data, "multi_view", None)
-    mv = mv or {}
+    mv = cfg.data.get("multi_view") or {}
     widths, milestones = mv.get("width"), mv.get("resolution_milestones") or []
     if not isinstance(widths, (list, tuple)) or len(set(widths)) <= 1 or not milestones:
         return 1.0
@@ -623,8 +636,7 @@ def main() -> int:
     cuda = args.device == "cuda"
     trainer_cfg = {k: v for k, v in cfg.trainer.items() if k not in ("val_check_interval", "enable_progress_bar", "max_steps")}
 
-    # breakdown timers around the phases (inactive outside breakdown steps)
-    clock_targets = []
+    clock = install_clock(system, cuda)  # breakdown timers around the phases (inactive outside breakdown steps)
     measurements: dict[str, dict] = {}
     fit_report = None
     fields = ["random", "fitted"] if args.field == "both" else [args.field]
@@ -632,13 +644,13 @@ def main() -> int:
     for field in fields:
         if field == "fitted":
             system.to(device)
-            mv = cfg.data.get("multi_view") if isinstance(cfg.data, dict) else cfg.data.multi_view
-            dist = (mv or {}).get("camera_distance_range", [2.5, 3.0])
-            fovy = (mv or {}).get("fovy_range", [15, 60])
+            mv = cfg.data.get("multi_view") or {}
+            dist = mv.get("camera_distance_range", [2.5, 3.0])
+            fovy = mv.get("fovy_range", [15, 60])
             fit_report = fit_field(system, args.fit_steps, 16 if args.tiny else 64, 4, sum(dist) / 2, sum(fovy) / 2, device)
             print(f"fitted the field: loss {fit_report['loss_first']:.4f} -> {fit_report['loss_last']:.4f} in "
                   f"{fit_report['seconds']:.1f} s; occupied cells {fit_report['occupied_fraction']}")  # fmt: skip
-        m = measure_with_clock(system, dm, cfg, args, field, trainer_cfg, cuda, clock_targets)
+        m = measure(system, dm, cfg, args, field, trainer_cfg, cuda, clock)
         if m["rank"] != 0:
             return 0
         measurements[field] = m
@@ -680,22 +692,6 @@ def main() -> int:
     print(f"\n{config.name} ({args.phase} phase, fast paths {args.fast_paths}) on {result['card']}, torch "
           f"{result['torch']}; written {out / name}")  # fmt: skip
     return 0
-
-
-def measure_with_clock(system, dm, cfg, args, field, trainer_cfg, cuda, done: list) -> dict[str, Any]:
-    """:func:`measure`, with the breakdown timers installed once on the system's renderer and guidances."""
-    if not done:
-        clock = PhaseClock(cuda)
-        clock.wrap(system.renderer, "forward", "render")
-        clock.wrap(system.renderer, "update_step", "occupancy")
-        for guidance in system.guidances().values():
-            clock.wrap(guidance, "guide", "guidance")
-            for name in ENCODE_METHODS:
-                if hasattr(guidance, name):
-                    clock.wrap(guidance, name, "vae_encode")
-                    break
-        done.append(clock)
-    return measure(system, dm, cfg, args, field, trainer_cfg, cuda, done[0])
 
 
 if __name__ == "__main__":
