@@ -9,6 +9,7 @@
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
 #              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on;
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
+#              (ITER_PROFILE_SORT=cpu sorts it by host time)
 #   cap24      stage 3 (ZeroScope and VideoCrafter2) with PyTorch's GPU memory capped at 22 GiB (a 24 GB card)
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
@@ -28,7 +29,7 @@ run() { echo "=== $*" | tee -a "$log"; timeout "$1" "${@:2}" 2>&1 | grep -v -E "
 ITER_ARGS=${ITER_ARGS:-}  # e.g. "--min-per-branch 3 --breakdown-steps 2" for a shorter call
 iter_on() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --field both --fit-steps "${FIT_STEPS:-300}" \
-    ${ITER_PROFILE:+--profile "$ITER_PROFILE"} --out "$OUT"
+    ${ITER_PROFILE:+--profile "$ITER_PROFILE" --profile-sort "${ITER_PROFILE_SORT:-cuda}"} --out "$OUT"
 }
 iter_off() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --fast-paths off --out "$OUT"

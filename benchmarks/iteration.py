@@ -394,14 +394,18 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.profiled += 1
                 if self.profiled == args.profile:
                     self.profiler.__exit__(None, None, None)
-                    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                    key = "self_cuda_time_total" if cuda and args.profile_sort == "cuda" else "self_cpu_time_total"
                     averages = self.profiler.key_averages()
                     print(averages.table(sort_by=key, row_limit=30, max_name_column_width=60))
-                    print("time inside each phase (profiler ranges, all profiled steps; backward is not a range):")
+                    # host time vs device time per phase: a phase whose CPU time exceeds its GPU time is launch-bound
+                    print(f"per profiled step ({args.profile} steps): CPU time inside each phase range vs its GPU "
+                          "time; backward is not a range")  # fmt: skip
                     for event in sorted((e for e in averages if e.key.startswith("phase:")), key=lambda e: e.key):
-                        us = (getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)) if cuda \
-                            else event.cpu_time_total  # fmt: skip
-                        print(f"  {event.key:<20} {us / 1000:9.1f} ms  calls {event.count}")
+                        gpu = getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
+                        print(f"  {event.key:<20} cpu {event.cpu_time_total / 1000 / args.profile:8.1f} ms  "
+                              f"gpu {gpu / 1000 / args.profile:8.1f} ms  calls {event.count}")
+                    ops = sum(e.count for e in averages if e.key.startswith("aten::"))
+                    print(f"  aten calls per step (nested calls counted): {ops / args.profile:.0f}")
             clock.on = clock.labels = False
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
@@ -564,6 +568,8 @@ def main() -> int:
                         help="the random-weight field, a field fitted to a synthetic object first, or both in turn")
     parser.add_argument("--fit-steps", type=int, default=300, help="photometric fitting steps of the fitted field")
     parser.add_argument("--profile", type=int, default=0, help="profile this many steps after the others")
+    parser.add_argument("--profile-sort", choices=("cuda", "cpu"), default="cuda",
+                        help="sort the profiler table by self GPU time or by self CPU time (launch overhead)")
     parser.add_argument("--count-syncs", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, one more iteration per branch counting synchronising CUDA calls "
                              "(torch.cuda.set_sync_debug_mode)")
