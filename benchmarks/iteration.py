@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -318,7 +319,16 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.breakdown: list[dict] = []
             self.profiled = 0
             self.syncs: dict[str, int] = {}
+            self.sync_sites: dict[str, dict[str, int]] = {}
             self.mode = "warmup"
+
+        def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
+            """``warnings.showwarning`` while counting: tally a synchronising call by its call site (the
+            innermost frame outside torch, so that a sync is charged to the line of ours or Lightning's that made
+            it); other warnings are dropped."""
+            if "synchroniz" in str(message):
+                site = sync_site(traceback.extract_stack()[:-1])
+                self._sites[site] = self._sites.get(site, 0) + 1
 
         def _count(self, rows: list[dict], kind: str) -> int:
             return sum(r["kind"] == kind for r in rows)
@@ -353,9 +363,11 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
             self.start = clock.mark()
             if self.mode == "syncs":  # every synchronising CUDA call of this iteration warns (torch's debug mode)
-                self._caught = warnings.catch_warnings(record=True)
-                self._records = self._caught.__enter__()
+                self._caught = warnings.catch_warnings()
+                self._caught.__enter__()
                 warnings.simplefilter("always")
+                self._sites: dict[str, int] = {}
+                warnings.showwarning = self._record_sync  # restored by catch_warnings on exit
                 torch.cuda.set_sync_debug_mode(1)
 
         def on_before_backward(self, trainer, module, loss) -> None:
@@ -374,7 +386,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             if self.mode == "syncs":
                 torch.cuda.set_sync_debug_mode(0)
                 self._caught.__exit__(None, None, None)
-                self.syncs[self.kind] = sum("synchroniz" in str(w.message) for w in self._records)
+                self.syncs[self.kind] = sum(self._sites.values())
+                self.sync_sites[self.kind] = dict(sorted(self._sites.items(), key=lambda kv: -kv[1]))
             end = clock.mark()
             seconds = end - self.start
             samples = float(trainer.callback_metrics.get("train/num_samples", float("nan")))
@@ -421,7 +434,21 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
     )  # fmt: skip
     trainer.fit(system, datamodule=dm)
     summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
-    return summary | {"host_syncs_by_kind": timer.syncs, "rank": trainer.global_rank}
+    return summary | {"host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
+                      "rank": trainer.global_rank}  # fmt: skip
+
+
+def sync_site(stack: list) -> str:
+    """``path:line function`` of the innermost frame of ``stack`` (``traceback.extract_stack()``) that is not in
+    torch or the warnings machinery; the path is cut after ``site-packages/`` or the repository root."""
+    for frame in reversed(stack):
+        path = frame.filename.replace(os.sep, "/")
+        if "/torch/" in path or path.endswith("/warnings.py"):
+            continue
+        short = path.split("site-packages/")[-1]
+        root = str(ROOT).replace(os.sep, "/") + "/"
+        return f"{short[len(root):] if short.startswith(root) else short}:{frame.lineno} {frame.name}"
+    return "?"
 
 
 def strategy(args, cuda: bool) -> Any:
@@ -548,6 +575,8 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
     if m.get("host_syncs_by_kind"):
         print("host syncs per iteration (synchronising CUDA calls): "
               + ", ".join(f"{k} {v}" for k, v in m["host_syncs_by_kind"].items()))  # fmt: skip
+        for kind, sites in m.get("host_sync_sites_by_kind", {}).items():
+            print(f"  {kind}: " + "; ".join(f"{n}x {site}" for site, n in list(sites.items())[:12]))
     for k, v in m["seconds_per_iter_by_kind"].items():
         ph = m["breakdown_by_kind"].get(k)
         cells = " ".join(f"{1000 * ph[p]:>10.1f}" for p in PHASES) if ph else "(no breakdown step drew this branch)"

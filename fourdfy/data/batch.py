@@ -80,9 +80,18 @@ class CameraBatch:
         """One camera of the batch (with its times)."""
         return map_tensors(self, lambda x: x[index : index + 1], only=CAMERA_FIELDS)
 
-    def to(self, device: torch.device) -> "CameraBatch":
-        """Move all tensors to ``device``."""
-        return map_tensors(self, lambda x: x.to(device))
+    def to(self, device: torch.device | str) -> "CameraBatch":
+        """Move all tensors to ``device``. From the CPU to a CUDA device each tensor goes through pinned memory
+        and is copied without blocking: a copy from pageable memory would synchronise the host with the GPU once
+        per tensor (a dozen per training batch)."""
+        device = torch.device(device)
+
+        def move(x: Tensor) -> Tensor:
+            if device.type == "cuda" and x.device.type == "cpu":
+                return x.pin_memory().to(device, non_blocking=True)
+            return x.to(device)
+
+        return map_tensors(self, move)
 
 
 CAMERA_FIELDS = tuple(

@@ -177,12 +177,14 @@ class NeRFVolumeRenderer(Renderer):
         comes from a generator seeded by the step, so every data-parallel rank computes the same grid."""
         if on_load_weights or not self.training:
             return
-        generator = torch.Generator(device=self.estimator.occs.device).manual_seed(1_000_003 + global_step)
-        t = 0.0 if self.geometry.is_static else float(torch.rand((), generator=generator, device=generator.device))
+        device = self.estimator.occs.device
+        generator = torch.Generator(device=device).manual_seed(1_000_003 + global_step)
+        # the time stays on the device: reading it back would synchronise the host on every step, updating or not
+        t = (torch.zeros((1, 1), device=device) if self.geometry.is_static
+             else torch.rand((1, 1), generator=generator, device=device))  # fmt: skip
 
         def occ_eval_fn(x: Tensor) -> Tensor:
-            times = torch.full((1, 1), t, dtype=x.dtype, device=x.device)
-            return self.geometry.forward_density(x, times) * self.render_step_size
+            return self.geometry.forward_density(x, t.to(x.dtype)) * self.render_step_size
 
         self.estimator.update_every_n_steps(global_step, occ_eval_fn, occ_thre=0.01, generator=generator)
 

@@ -213,7 +213,8 @@ class OccupancyGrid(nn.Module):
                 keep = render_visibility_from_density(
                     t_starts, t_ends, sigmas.to(dtype), ray_indices, n_rays, early_stop_eps, alpha_thre_eff
                 )
-                ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
+                kept = torch.nonzero(keep).squeeze(1)  # host sync (output size): one, not one per boolean index
+                ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
             out_ri.append(ray_indices)
             out_t0.append(t_starts)
             out_t1.append(t_ends)

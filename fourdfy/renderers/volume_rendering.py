@@ -80,10 +80,11 @@ def ray_aabb_intersect(
 def segment_start_indices(ray_indices: Int[Tensor, "S"], n_rays: int | None = None) -> Int[Tensor, "S"]:
     """For every packed sample, the flat index of the first sample of the same ray.
 
-    With ``n_rays``: count the samples of each ray (``bincount``), turn the counts into each ray's first position
-    (exclusive cumulative sum over the rays) and gather it per sample -- work proportional to the samples plus a
-    scan over the rays only. Without ``n_rays``: a running maximum of the positions where the ray index changes (a
-    scan over all samples, several times slower on a GPU for millions of samples). Neither needs a host sync.
+    With ``n_rays``: find each ray's first position by binary search in the sorted indices (``searchsorted`` of
+    ``0 .. n_rays-1``) and gather it per sample -- work proportional to the samples plus ``log S`` per ray.
+    (``bincount`` plus an exclusive sum gives the same, but CUDA's ``bincount`` reads the largest index back to the
+    host: a sync.) Without ``n_rays``: a running maximum of the positions where the ray index changes (a scan over
+    all samples, several times slower on a GPU for millions of samples). Neither needs a host sync.
 
     Example: ``ray_indices = [0, 0, 0, 1, 1]`` gives ``[0, 0, 0, 3, 3]``.
 
@@ -95,8 +96,8 @@ def segment_start_indices(ray_indices: Int[Tensor, "S"], n_rays: int | None = No
         Start index per sample (int64).
     """
     if n_rays is not None:
-        counts = torch.bincount(ray_indices, minlength=n_rays)
-        first = torch.cumsum(counts, dim=0) - counts
+        rays = torch.arange(n_rays, dtype=ray_indices.dtype, device=ray_indices.device)
+        first = torch.searchsorted(ray_indices, rays)
         return first[ray_indices]
     n = ray_indices.shape[0]
     positions = torch.arange(n, device=ray_indices.device)

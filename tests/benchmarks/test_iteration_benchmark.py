@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,17 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     assert table.returncode == 0, table.stderr[-2000:]
     row = next(line for line in table.stdout.splitlines() if line.startswith("| `fourdfy_stage_3_tiny`"))
     assert f"{data['fields']['random']['seconds_per_iter_weighted']:.3f}" in row
+
+
+def test_sync_site_skips_torch_frames_and_shortens_paths():
+    iteration = load_benchmark()
+    frame = traceback.FrameSummary
+    stack = [
+        frame(str(iteration.ROOT / "fourdfy" / "renderers" / "occupancy_grid.py"), 243, "_march_torch"),
+        frame("/venv/lib/python3.12/site-packages/torch/_tensor.py", 10, "__int__"),
+        frame("/usr/lib/python3.12/warnings.py", 5, "_showwarnmsg"),
+    ]
+    assert iteration.sync_site(stack) == "fourdfy/renderers/occupancy_grid.py:243 _march_torch"
+    lightning = [frame("/venv/lib/python3.12/site-packages/pytorch_lightning/core/module.py", 662, "__to_tensor")]
+    assert iteration.sync_site(lightning + stack[1:]) == "pytorch_lightning/core/module.py:662 __to_tensor"
+    assert iteration.sync_site(stack[1:]) == "?"
