@@ -88,7 +88,8 @@ class CameraBatch:
 
         def move(x: Tensor) -> Tensor:
             if device.type == "cuda" and x.device.type == "cpu":
-                return x.pin_memory().to(device, non_blocking=True)
+                # contiguous first: an expanded tensor (times) cannot be pinned in place
+                return x.contiguous().pin_memory().to(device, non_blocking=True)
             return x.to(device)
 
         return map_tensors(self, move)

@@ -1,5 +1,6 @@
 """Camera math and the combined data module (branches, schedules, evaluation paths)."""
 
+import pytest
 import torch
 
 from fourdfy.config import parse_config
@@ -110,3 +111,22 @@ def test_eval_dataset_cameras():
     torch.testing.assert_close(b.camera_distances, torch.tensor([3.0]))
     torch.testing.assert_close(b.elevation, torch.tensor([15.0]))
     torch.testing.assert_close(b.light_positions, b.camera_positions)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned, non-blocking copy runs only to a CUDA device")
+def test_batch_to_cuda_goes_through_pinned_memory_with_equal_values():
+    dm = _dm(
+        prob_multi_view=0.5,
+        single_view={"static": False, "num_frames": 4, "simultan": True, "prob_single_view_video": 1.0,
+                     "width_vid": 24, "height_vid": 16, "sample_rand_frames": "t0"},
+        multi_view={"batch_size": 4, "n_view": 4, "static": False, "num_frames": 4, "sample_rand_frames": "t0"},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    for batch in [dm.train_stream.sample() for _ in range(6)]:  # both kinds; times are expanded views
+        moved = batch.to("cuda")
+        torch.cuda.synchronize()
+        for name in ("rays_o", "rays_d", "c2w", "mvp_mtx", "times"):
+            host, dev = getattr(batch, name), getattr(moved, name)
+            assert dev.device.type == "cuda"
+            torch.testing.assert_close(dev.cpu(), host, rtol=0, atol=0)
+        assert moved.kind == batch.kind and moved.height == batch.height
