@@ -91,16 +91,27 @@ class PromptEmbeddings:
         """Per-camera (conditional, unconditional) embeddings, on the device of ``elevation``."""
         b = elevation.shape[0]
         device = elevation.device
+        emb = self.on(device)
         if not view_dependent_prompting:
-            return self.cond.to(device).expand(b, -1, -1), self.uncond.to(device).expand(b, -1, -1)
+            return emb.cond.expand(b, -1, -1), emb.uncond.expand(b, -1, -1)
         idx = direction_index(
             elevation, azimuth, self.front_threshold, self.back_threshold, self.overhead_threshold
         ).to(device)
-        return self.cond_directional.to(device)[idx], self.uncond_directional.to(device)[idx]
+        return emb.cond_directional[idx], emb.uncond_directional[idx]
 
     def to(self, device: torch.device) -> "PromptEmbeddings":
         """Move all tensors to ``device``."""
         return map_tensors(self, lambda x: x.to(device))
+
+    def on(self, device: torch.device) -> "PromptEmbeddings":
+        """These embeddings on ``device``: ``self`` if they are there, else a copy made on first use and kept (the
+        embeddings never change; copying them every step would synchronise the host with the GPU each time)."""
+        if self.cond.device == device:
+            return self
+        copies = self.__dict__.setdefault("_copies", {})
+        if device not in copies:
+            copies[device] = self.to(device)
+        return copies[device]
 
 
 def directional_prompts(prompt: str, view_dependent_prompt_front: bool) -> list[str]:

@@ -74,3 +74,16 @@ def test_missing_text_encoder_names_the_key(cache):
                                        path="system.prompt_processor_multi_view")  # fmt: skip
     msg = str(e.value)
     assert "system.prompt_processor_multi_view.pretrained_model_name_or_path" in msg and "sd2-community" in msg
+
+
+def test_embeddings_move_to_a_device_once(cache):
+    """Per-camera embeddings on another device come from one kept copy (a copy per step would sync the host)."""
+    emb = StableDiffusionPromptProcessor({**CFG, "spawn": False})()
+    meta = torch.device("meta")
+    assert emb.on(emb.cond.device) is emb
+    first = emb.on(meta)
+    assert first is emb.on(meta) and first.cond.device == meta and first.cond.shape == emb.cond.shape
+    elev, azi = torch.zeros(3, device=meta), torch.zeros(3, device=meta)
+    cond, uncond = emb.get_text_embeddings(elev, azi, view_dependent_prompting=False)
+    assert cond.device == meta and cond.shape == (3, *emb.cond.shape)
+    assert emb.on(meta) is first
