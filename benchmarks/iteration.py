@@ -625,6 +625,9 @@ def main() -> int:
         return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fourdfy.cli import CUDA_ALLOC_CONF_DEFAULT
+
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF_DEFAULT)  # as launch.py: before CUDA starts
     import pytorch_lightning as pl
     import torch
 
@@ -714,6 +717,7 @@ def main() -> int:
         "seconds_per_iter_weighted": main_m["seconds_per_iter_weighted"],
         "peak_memory_gib": main_m["peak_memory_gib"],
         "memory_cap_gib": args.memory_cap_gib,
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "peak_memory_gib_per_device": main_m["peak_memory_gib_per_device"],
         "stage_hours_estimate": max_steps * fraction * main_m["seconds_per_iter_weighted"] / 3600,
         "fields": measurements,

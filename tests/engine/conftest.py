@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def restore_run_environment(monkeypatch):
-    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "FOURDFY_TIMESTAMP", "FOURDFY_TRIAL_DIR"):
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF", "FOURDFY_TIMESTAMP", "FOURDFY_TRIAL_DIR"):
         if name in os.environ:
             monkeypatch.setenv(name, os.environ[name])
         else:

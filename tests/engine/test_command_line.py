@@ -146,3 +146,15 @@ def test_command_line_syntax_errors(argv, capfd):
     assert e.value.code == 2
     err = capfd.readouterr().err
     assert len([x for x in err.splitlines() if x.startswith("fourdfy: error:")]) == 1
+
+
+def test_cuda_environment_sets_gpus_and_allocator_but_keeps_a_users_allocator(monkeypatch):
+    from fourdfy.cli import CUDA_ALLOC_CONF_DEFAULT, cuda_environment
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    cuda_environment("1, 2")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,2" and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == CUDA_ALLOC_CONF_DEFAULT == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    cuda_environment(None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
