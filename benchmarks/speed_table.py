@@ -20,16 +20,35 @@ SHORT = {"multi_view": "MV", "single_view": "VSD", "video": "video"}
 PIPELINE = ("configs/fourdfy_stage_1.yaml", "configs/fourdfy_stage_2.yaml", "configs/fourdfy_stage_3.yaml")
 
 
-def load(paths: list[str]) -> dict[tuple[str, str, str], dict]:
-    """Iteration JSONs keyed by (config, phase, fast_paths); the newest file wins on duplicates."""
+def load(paths: list[str], capped: bool = False) -> dict[tuple[str, str, str], dict]:
+    """Iteration JSONs keyed by (config, phase, fast_paths); the newest file wins on duplicates. Runs under a
+    memory cap (``--memory-cap-gib``) are left out, or with ``capped`` the only ones kept."""
     runs: dict[tuple[str, str, str], dict] = {}
     for p in sorted(paths, key=lambda f: Path(f).stat().st_mtime):
         data = json.loads(Path(p).read_text())
-        if data.get("benchmark") != "iteration":
+        if data.get("benchmark") != "iteration" or (data.get("memory_cap_gib") is not None) != capped:
             continue
         data["_path"] = p
         runs[(data["config"], data["phase"], data["fast_paths"])] = data
     return runs
+
+
+def capped_lines(runs: dict[tuple[str, str, str], dict]) -> str:
+    """One line per run under a memory cap: the cap, s/it and the peaks, allocated and reserved."""
+    out = []
+    for (config, _, mode), r in sorted(runs.items()):
+        rnd = r["fields"]["random"]
+        out.append(f"- `{Path(config).stem}` (fast paths {mode}) under a {r['memory_cap_gib']:g} GiB cap: "
+                   f"{fmt(rnd['seconds_per_iter_weighted'])} s/it, peak {fmt(rnd['peak_memory_gib'], '.1f')} GiB "
+                   f"allocated, {fmt(rnd.get('peak_reserved_gib'), '.1f')} GiB reserved "
+                   f"({Path(r['_path']).name})")  # fmt: skip
+    return "\n".join(out)
+
+
+def peak(field: dict) -> str:
+    """Peak allocated GiB, with the allocator's reserved peak in brackets where it was recorded."""
+    reserved = field.get("peak_reserved_gib")
+    return fmt(field["peak_memory_gib"], ".1f") + (f" ({reserved:.1f})" if reserved is not None else "")
 
 
 def fmt(x: float | None, spec: str = ".3f") -> str:
@@ -40,7 +59,7 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
     """Markdown rows, one per (config, phase) measured with fast paths on."""
     lines = [
         "| config (phase) | s/it, fast paths on: random field (fitted) | per branch, random field (median s) | "
-        "peak GiB | samples/ray random (fitted) | s/it, every fast path off | peak GiB off | speed-up |",
+        "peak GiB (reserved) | samples/ray random (fitted) | s/it, every fast path off | peak GiB off | speed-up |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (config, phase, mode), on in sorted(runs.items()):
@@ -55,9 +74,9 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
         name = Path(config).stem + (f" ({phase})" if on["phase_fraction"] < 1 else "")
         lines.append(
             f"| `{name}` | {fmt(rnd['seconds_per_iter_weighted'])} ({fmt(fit['seconds_per_iter_weighted'] if fit else None)}) "
-            f"| {branches} | {fmt(rnd['peak_memory_gib'], '.1f')} | {fmt(rnd['samples_per_ray_median'], '.1f')} "
+            f"| {branches} | {peak(rnd)} | {fmt(rnd['samples_per_ray_median'], '.1f')} "
             f"({fmt(fit['samples_per_ray_median'] if fit else None, '.1f')}) | {fmt(s_off)} "
-            f"| {fmt(off['fields']['random']['peak_memory_gib'] if off else None, '.1f')} | {fmt(speedup, '.2f')}× |"
+            f"| {peak(off['fields']['random']) if off else '—'} | {fmt(speedup, '.2f')}× |"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -92,6 +111,10 @@ def main() -> int:
     print(table(runs))
     print("\nWhole prompt (stages 1 + 2 + 3 at their configured iterations, branch-weighted):\n")
     print(whole_prompt(runs))
+    capped = load(args.json, capped=True)
+    if capped:
+        print("\nUnder a memory cap (PyTorch's allocator limited to the card size named; an OOM fails the run):\n")
+        print(capped_lines(capped))
     grids = [json.loads(Path(f).read_text()) for f in args.json if Path(f).name.startswith("hash_grid")]
     for g in grids:
         print(f"\nHash grid and MLP alone ({g['args']['points']} points, {g['card']}, triton {g['versions']['triton']}):\n")

@@ -139,6 +139,14 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     assert table.returncode == 0, table.stderr[-2000:]
     row = next(line for line in table.stdout.splitlines() if line.startswith("| `fourdfy_stage_3_tiny`"))
     assert f"{data['fields']['random']['seconds_per_iter_weighted']:.3f}" in row
+    # a run under a memory cap is listed apart and never stands in the main table
+    capped = tmp_path / "capped.json"
+    capped.write_text(json.dumps({**data, "memory_cap_gib": 22.0}))
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed_table.py"), str(capped)],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "| `fourdfy_stage_3_tiny`" not in table.stdout
+    assert "`fourdfy_stage_3_tiny` (fast paths on) under a 22 GiB cap" in table.stdout
 
 
 def test_sync_site_skips_torch_frames_and_shortens_paths():
