@@ -66,13 +66,18 @@ def test_multiview_batches_views_90_degrees_apart_and_phase_schedule():
     assert phase_value([1, 2], [10], 9) == 1 and phase_value([1, 2], [10], 10) == 2
 
 
-def test_branch_probabilities_and_video_batches():
-    dm = _dm(
+def _video_dm():
+    """Multi-view and video batches (4 frames), half each."""
+    return _dm(
         prob_multi_view=0.5,
         single_view={"static": False, "num_frames": 4, "simultan": True, "prob_single_view_video": 1.0,
                      "width_vid": 24, "height_vid": 16, "sample_rand_frames": "t0"},
         multi_view={"batch_size": 4, "n_view": 4, "static": False, "num_frames": 4, "sample_rand_frames": "t0"},
     )  # fmt: skip
+
+
+def test_branch_probabilities_and_video_batches():
+    dm = _video_dm()
     torch.manual_seed(0)
     kinds = [dm.train_stream.sample() for _ in range(200)]
     n_mv = sum(k.kind == BatchKind.MULTI_VIEW for k in kinds)
@@ -115,12 +120,7 @@ def test_eval_dataset_cameras():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned, non-blocking copy runs only to a CUDA device")
 def test_batch_to_cuda_goes_through_pinned_memory_with_equal_values():
-    dm = _dm(
-        prob_multi_view=0.5,
-        single_view={"static": False, "num_frames": 4, "simultan": True, "prob_single_view_video": 1.0,
-                     "width_vid": 24, "height_vid": 16, "sample_rand_frames": "t0"},
-        multi_view={"batch_size": 4, "n_view": 4, "static": False, "num_frames": 4, "sample_rand_frames": "t0"},
-    )  # fmt: skip
+    dm = _video_dm()
     torch.manual_seed(0)
     for batch in [dm.train_stream.sample() for _ in range(6)]:  # both kinds; times are expanded views
         moved = batch.to("cuda")
