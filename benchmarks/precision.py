@@ -46,7 +46,6 @@ import dataclasses
 import gc
 import json
 import re
-import statistics
 import sys
 import time
 import traceback
@@ -62,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.machine import card_name, slug, versions  # noqa: E402
+from benchmarks.timing import time_calls  # noqa: E402
 from fourdfy.guidance import precision as policy  # noqa: E402
 from fourdfy.guidance import sds  # noqa: E402
 
@@ -342,17 +342,9 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
-    """Median and all milliseconds per call (wall clock between device syncs)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms_median": statistics.median(times), "ms": times}
+    """:func:`benchmarks.timing.time_calls` under this report's key names (``ms_median``, ``ms_p10``, ``ms_p90``)."""
+    t = time_calls(fn, device, repeats, warmup)
+    return {"ms_median": t["median_ms"], "ms_p10": t["p10_ms"], "ms_p90": t["p90_ms"]}
 
 
 def compare(g: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
