@@ -251,8 +251,10 @@ class OccupancyGrid(nn.Module):
             # budget + (one ray's steps) candidates. One transfer brings all boundaries to the host.
             targets = torch.arange(0, total, budget, device=device)
             starts = torch.searchsorted(offsets, targets)
-            starts = torch.unique_consecutive(starts[starts < n_rays])
-            starts_h, bases_h = torch.stack([starts, offsets[starts]]).tolist()
+            pairs = torch.stack([starts, offsets[starts.clamp(max=n_rays - 1)]]).tolist()
+            # on the host: drop starts past the last ray and repeats (a ray longer than the budget)
+            kept = [(r, b) for i, (r, b) in enumerate(zip(*pairs)) if r < n_rays and (i == 0 or r != pairs[0][i - 1])]
+            starts_h, bases_h = [r for r, _ in kept], [b for _, b in kept]
             ends_h = starts_h[1:] + [n_rays]
             end_bases_h = bases_h[1:] + [total]
             spans = list(zip(starts_h, ends_h, bases_h, end_bases_h))
