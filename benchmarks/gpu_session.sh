@@ -11,6 +11,7 @@
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
 #              (ITER_PROFILE_SORT=cpu sorts it by host time)
 #   cap24      stage 3 (ZeroScope and VideoCrafter2) with PyTorch's GPU memory capped at 22 GiB (a 24 GB card)
+#   vae        benchmarks/vae_encoder.py (the video branch's VAE encoder: layout, cudnn.benchmark, frames per call)
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
@@ -40,6 +41,7 @@ for part in "$@"; do
     tests) run 420 python3 -m pytest -q -n "${TEST_WORKERS:-8}" -rs -p no:cacheprovider tests ;;
     precision) run 300 python3 benchmarks/precision.py --max-seconds "${PRECISION_SECONDS:-240}" --out-dir "$OUT" ;;
     hashgrid) run 120 python3 benchmarks/hash_grid.py --out "$OUT" ;;
+    vae) run 240 python3 benchmarks/vae_encoder.py --out "$OUT" ;;
     s1) iter configs/fourdfy_stage_1.yaml --phase late ;;
     s2) iter configs/fourdfy_stage_2.yaml --phase late ;;
     s1early) iter_on configs/fourdfy_stage_1.yaml --phase early ;;
