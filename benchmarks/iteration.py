@@ -14,11 +14,12 @@ What it does, in order:
    pretrained networks replaced by reserved random-weight names of the same size (``fourdfy/stand_ins``), plus any
    ``key=value`` overrides. ``--fast-paths off`` adds the overrides of :data:`FAST_PATH_SWITCHES` that apply to the
    config, so "off" and "on" differ only in those switches.
-2. Runs the real Lightning training loop: ``--warmup`` untimed iterations, ``--steps`` timed ones (CUDA-synchronised
+2. Runs the real Lightning training loop, with what ``launch.py`` adds to it (the divergence guard; TensorBoard and
+   CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed iterations, ``--steps`` timed ones (CUDA-synchronised
    at the iteration boundaries only, nothing inside), then ``--breakdown-steps`` iterations in which every phase is
    synchronised and timed: occupancy update, render forward, guidance (VAE encode separately), backward, optimizer,
    and the rest ("host": data, Lightning, loss assembly, logging). Per branch and overall; samples per ray. On
-   CUDA, one more iteration of each branch counts the synchronising CUDA calls (host syncs) it makes.
+   CUDA, one more iteration of each branch counts the synchronising CUDA calls (host syncs) it makes, by source line.
 3. ``--field fitted`` (or ``both``, after the random-field measurement) first fits the field photometrically to a
    synthetic object (two spheres, the smaller one moving with time) for ``--fit-steps`` steps and rebuilds the
    occupancy grid from the fitted field, so that samples per ray are those of a scene, not of the random blob.
@@ -426,13 +427,18 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 trainer.should_stop = True
 
     timer = Timer()
+    callbacks, loggers, log_dir = run_callbacks_and_loggers(args.loggers)
     trainer = pl.Trainer(
-        accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-        inference_mode=False, limit_val_batches=0, use_distributed_sampler=False,
+        accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=loggers,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer, *callbacks], inference_mode=False, limit_val_batches=0, use_distributed_sampler=False,
         max_steps=args.warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile + 1, **trainer_cfg,
     )  # fmt: skip
-    trainer.fit(system, datamodule=dm)
+    try:
+        trainer.fit(system, datamodule=dm)
+    finally:
+        if log_dir is not None:
+            log_dir.cleanup()
     summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
     return summary | {"host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
                       "rank": trainer.global_rank}  # fmt: skip
@@ -449,6 +455,25 @@ def sync_site(stack: list) -> str:
         root = str(ROOT).replace(os.sep, "/") + "/"
         return f"{short[len(root):] if short.startswith(root) else short}:{frame.lineno} {frame.name}"
     return "?"
+
+
+def run_callbacks_and_loggers(with_loggers: bool) -> tuple[list, Any, Any]:
+    """What a training run of ``launch.py`` adds to the loop, so that its cost is in the measurement: the divergence
+    guard (every run) and, ``with_loggers``, TensorBoard and CSV loggers (in a temporary folder, returned to be
+    removed) with the learning-rate monitor; they write every ``trainer.log_every_n_steps`` as in a run. Not
+    included: checkpoint writing (every ``checkpoint.every_n_train_steps``) and the progress bar."""
+    import tempfile
+
+    from fourdfy.guards import DivergenceGuard
+
+    if not with_loggers:
+        return [DivergenceGuard()], False, None
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    log_dir = tempfile.TemporaryDirectory(prefix="fourdfy-bench-logs-")
+    loggers = [TensorBoardLogger(log_dir.name, name="tb_logs"), CSVLogger(log_dir.name, name="csv_logs")]
+    return [DivergenceGuard(), LearningRateMonitor("step")], loggers, log_dir
 
 
 def strategy(args, cuda: bool) -> Any:
@@ -602,6 +627,9 @@ def main() -> int:
     parser.add_argument("--count-syncs", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, one more iteration per branch counting synchronising CUDA calls "
                              "(torch.cuda.set_sync_debug_mode)")
+    parser.add_argument("--loggers", action=argparse.BooleanOptionalAction, default=True,
+                        help="TensorBoard + CSV loggers and the learning-rate monitor, as in a launch.py run (the "
+                             "divergence guard is always in)")  # fmt: skip
     parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
@@ -717,6 +745,7 @@ def main() -> int:
         "seconds_per_iter_weighted": main_m["seconds_per_iter_weighted"],
         "peak_memory_gib": main_m["peak_memory_gib"],
         "memory_cap_gib": args.memory_cap_gib,
+        "loggers": args.loggers,
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "peak_memory_gib_per_device": main_m["peak_memory_gib_per_device"],
         "stage_hours_estimate": max_steps * fraction * main_m["seconds_per_iter_weighted"] / 3600,

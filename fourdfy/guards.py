@@ -2,21 +2,24 @@
 
 :class:`DivergenceGuard` is a Lightning callback added to every training run. It checks, every step,
 
-1. the loss, before the backward pass (single-process runs; in data-parallel runs a bad loss on one rank shows up
-   as a bad averaged gradient on every rank, so every rank stops at the same check);
-2. the gradients, after the backward pass and before the optimizer step (skipped under ``16-mixed`` precision,
-   whose gradient scaler skips steps with non-finite gradients by design);
+1. the loss, as it enters the backward pass (single-process runs; in data-parallel runs a bad loss on one rank
+   shows up as a bad averaged gradient on every rank, so every rank stops at the same check);
+2. the gradients, before the optimizer step (skipped under ``16-mixed`` precision, whose gradient scaler skips
+   steps with non-finite gradients by design);
 3. the trainable parameters, after the optimizer step;
 4. every occupancy grid (a module with ``occs`` and ``binaries`` buffers): its values must stay finite and, once it
    has had an occupied cell, it must not become empty (nothing would be rendered any more).
 
-On a failure it raises :class:`~fourdfy.errors.DivergenceError` naming the step, what went bad and the likely
-cause. Lightning's ``ModelCheckpoint`` runs after this callback in the same hook, so the bad state is never written:
-the last good ``last.ckpt`` (if one was saved) stays as it was, and the message says where it is.
-
-Cost: one host synchronisation per check (a few per step), negligible next to a diffusion-model forward pass.
+The checks are computed on the device as they come (multi-tensor kernels, :func:`finite_flags`) and read back
+together once, at the end of the step (one host synchronisation per step, where it stalls nothing: reading a flag
+before the backward pass would make the host wait for the whole forward pass before it could launch any backward
+kernel). On a failure it raises :class:`~fourdfy.errors.DivergenceError` naming the step, the first thing that
+went bad, in the order above, and the likely cause. Lightning's ``ModelCheckpoint`` runs after this callback in the
+same hook, so the bad state is never written: the last good ``last.ckpt`` (if one was saved) stays as it was, and
+the message says where it is.
 """
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -30,21 +33,26 @@ from fourdfy.errors import DivergenceError
 logger = logging.getLogger(__name__)
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    if not tensors:
-        return True
-    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
-    return bool(flags.all())
+def finite_flags(named: list[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
+    """Names and one bool per tensor, on the device, true when every element is finite; no host sync. ``x * 0``
+    is 0 where ``x`` is finite and NaN where it is inf or NaN, so its 1-norm is 0 exactly when ``x`` is all finite
+    (no overflow, unlike a norm of ``x`` itself). Multi-tensor kernels per (device, dtype) group instead of two
+    launches per tensor; the names come back in the order of the flags (grouped).
 
-
-def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> Optional[str]:
-    """Name of the first tensor holding a NaN or inf (``None`` when all are finite, one host sync then)."""
-    if _all_finite([t for _, t in named]):
-        return None
+    Example: ``finite_flags([("a", tensor([1., nan])), ("b", tensor([2.]))])`` is ``(["a", "b"], tensor([False,
+    True]))``."""
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
     for name, t in named:
-        if not bool(torch.isfinite(t).all()):
-            return name
-    return None
+        groups.setdefault((t.device, t.dtype), []).append((name, t))
+    names, flags = [], []
+    for members in groups.values():
+        norms = torch._foreach_norm(torch._foreach_mul([t for _, t in members], 0.0), ord=1)
+        names += [n for n, _ in members]
+        flags.append(torch.stack(norms) == 0)
+    if not flags:
+        return [], torch.ones(0, dtype=torch.bool)
+    device = flags[0].device
+    return names, torch.cat([f.to(device) for f in flags])
 
 
 def occupancy_grids(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -53,6 +61,20 @@ def occupancy_grids(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
         (name, m) for name, m in module.named_modules()
         if isinstance(getattr(m, "occs", None), torch.Tensor) and isinstance(getattr(m, "binaries", None), torch.Tensor)
     ]  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Check:
+    """One check of a step: what it covers (``kind``), the step it names, the checked tensors' names and their
+    flags on the device (true = good), then the flags read back (``read``)."""
+
+    kind: str
+    step: int
+    names: list[str]
+    flags: torch.Tensor
+    value: Optional[torch.Tensor] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+    read: list[bool] = dataclasses.field(default_factory=list)
 
 
 class DivergenceGuard(pl.Callback):
@@ -65,19 +87,18 @@ class DivergenceGuard(pl.Callback):
     def __init__(self, ckpt_dir: Optional[str | Path] = None) -> None:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self._grid_had_cells: dict[str, bool] = {}
+        self._pending: list[_Check] = []
 
-    # -- the checks -------------------------------------------------------------------------------------------
+    # -- the checks: computed on the device as the step goes, read at its end ---------------------------------
+
+    def on_train_batch_start(self, trainer: Any, pl_module: torch.nn.Module, batch: Any, batch_idx: int) -> None:
+        self._pending = []  # a step that did not reach its end (skipped, or interrupted) leaves nothing behind
 
     def on_before_backward(self, trainer: Any, pl_module: torch.nn.Module, loss: torch.Tensor) -> None:
-        if trainer.world_size > 1 or _all_finite([loss.detach()]):
+        if trainer.world_size > 1:
             return
-        terms = self._loss_terms(trainer)
-        self._stop(
-            trainer, pl_module, f"step {trainer.global_step}: the loss is {loss.detach().float().sum().item()}"
-            + (f" ({terms})" if terms else ""),
-            cause="a learning rate or loss weight (system.loss.lambda_*) too high, or a NaN coming out of a "
-            "guidance (try trainer.precision=32)",
-        )  # fmt: skip
+        loss = loss.detach()
+        self._pending.append(_Check("loss", trainer.global_step, *finite_flags([("loss", loss)]), value=loss))
 
     def on_before_optimizer_step(
         self, trainer: Any, pl_module: torch.nn.Module, optimizer: torch.optim.Optimizer
@@ -85,41 +106,67 @@ class DivergenceGuard(pl.Callback):
         if "16-mixed" in str(trainer.precision) and trainer.precision != "bf16-mixed":
             return  # the gradient scaler skips non-finite steps and lowers its scale: expected, not divergence
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        bad = _first_non_finite(named)
-        if bad is not None:
-            self._stop(
-                trainer, pl_module, f"step {trainer.global_step}: the gradient of {bad} is not finite",
-                cause=self._lr_cause(bad, optimizer),
-            )  # fmt: skip
+        self._pending.append(_Check("gradient", trainer.global_step, *finite_flags(named), optimizer=optimizer))
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: torch.nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        step = trainer.global_step - 1  # the optimizer step has counted
         named = [(n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad]
-        bad = _first_non_finite(named)
-        if bad is not None:
-            optimizer = trainer.optimizers[0] if trainer.optimizers else None
-            self._stop(
-                trainer, pl_module,
-                f"step {trainer.global_step - 1}: parameter {bad} became inf or NaN in the optimizer step",
-                cause=self._lr_cause(bad, optimizer),
-            )  # fmt: skip
-        for name, grid in occupancy_grids(pl_module):
-            if not _all_finite([grid.occs]):
-                self._stop(
-                    trainer, pl_module, f"step {trainer.global_step - 1}: the occupancy grid {name} holds NaN/inf "
-                    "densities", cause="the density field diverged (a learning rate of the geometry too high)",
-                )  # fmt: skip
-            has_cells = bool(grid.binaries.any())
-            if has_cells:
+        checks = self._pending + [_Check("parameter", step, *finite_flags(named))]
+        grids = occupancy_grids(pl_module)
+        for name, grid in grids:
+            checks.append(_Check("grid", step, *finite_flags([(name, grid.occs)])))
+            checks.append(_Check("grid_cells", step, [name], grid.binaries.any().reshape(1)))
+        self._pending = []
+        device = next((c.flags.device for c in checks if c.flags.numel() > 0), torch.device("cpu"))
+        flags = torch.cat([c.flags.to(device) for c in checks]).tolist()  # the step's one host sync
+        for check in checks:
+            values, flags = flags[: len(check.names)], flags[len(check.names) :]
+            check.read = values
+        for check in checks:
+            self._judge(trainer, pl_module, check)
+
+    def _judge(self, trainer: Any, pl_module: torch.nn.Module, check: "_Check") -> None:
+        if check.kind == "grid_cells":
+            (name,), (occupied,) = check.names, check.read
+            if occupied:
                 self._grid_had_cells[name] = True
             elif self._grid_had_cells.get(name):
                 self._stop(
-                    trainer, pl_module, f"step {trainer.global_step - 1}: the occupancy grid {name} emptied (no "
-                    "cell is occupied any more, so nothing is rendered)",
+                    trainer, pl_module, f"step {check.step}: the occupancy grid {name} emptied (no cell is occupied "
+                    "any more, so nothing is rendered)",
                     cause="the density collapsed: a learning rate of the geometry too high, or sparsity/opacity "
                     "loss weights (system.loss.lambda_sparsity, lambda_opaque) too strong",
                 )  # fmt: skip
+            return
+        bad = next((n for n, ok in zip(check.names, check.read) if not ok), None)
+        if bad is None:
+            return
+        if check.kind == "loss":
+            terms = self._loss_terms(trainer)
+            self._stop(
+                trainer, pl_module, f"step {check.step}: the loss is {check.value.float().sum().item()}"
+                + (f" ({terms})" if terms else ""),
+                cause="a learning rate or loss weight (system.loss.lambda_*) too high, or a NaN coming out of a "
+                "guidance (try trainer.precision=32)",
+            )  # fmt: skip
+        elif check.kind == "gradient":
+            self._stop(
+                trainer, pl_module, f"step {check.step}: the gradient of {bad} is not finite",
+                cause=self._lr_cause(bad, check.optimizer),
+            )  # fmt: skip
+        elif check.kind == "parameter":
+            optimizer = trainer.optimizers[0] if trainer.optimizers else None
+            self._stop(
+                trainer, pl_module, f"step {check.step}: parameter {bad} became inf or NaN in the optimizer step",
+                cause=self._lr_cause(bad, optimizer),
+            )  # fmt: skip
+        else:
+            self._stop(
+                trainer, pl_module, f"step {check.step}: the occupancy grid {bad} holds NaN/inf densities",
+                cause="the density field diverged (a learning rate of the geometry too high)",
+            )  # fmt: skip
 
     # -- the message --------------------------------------------------------------------------------------------
 

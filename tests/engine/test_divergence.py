@@ -9,7 +9,7 @@ from torch import nn
 
 import launch
 from fourdfy.errors import DivergenceError
-from fourdfy.guards import DivergenceGuard
+from fourdfy.guards import DivergenceGuard, finite_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY1 = str(ROOT / "configs" / "smoke" / "fourdfy_stage_1_tiny.yaml")
@@ -63,18 +63,41 @@ def fake_trainer(step: int, model: nn.Module, precision: str = "32-true", world_
 
 
 def test_non_finite_loss_and_gradient(tmp_path):
+    """The loss and gradient checks run on the device during the step; the step's end reads them and stops."""
     model = Toy()
     guard = DivergenceGuard(tmp_path)
+    guard.on_train_batch_start(fake_trainer(3, model), model, None, 0)
+    guard.on_before_backward(fake_trainer(3, model), model, torch.tensor(float("nan")))  # no host read here
     with pytest.raises(DivergenceError, match=r"step 3: the loss is nan \(loss_sds=nan\)"):
-        guard.on_before_backward(fake_trainer(3, model), model, torch.tensor(float("nan")))
+        guard.on_train_batch_end(fake_trainer(4, model), model, None, None, 0)
+    guard.on_train_batch_start(fake_trainer(3, model), model, None, 0)
     guard.on_before_backward(fake_trainer(3, model, world_size=2), model, torch.tensor(float("nan")))  # DDP: below
+    guard.on_train_batch_end(fake_trainer(4, model), model, None, None, 0)
+    # a step that never reached its end leaves nothing behind for the next one
+    guard.on_before_backward(fake_trainer(5, model), model, torch.tensor(float("inf")))
+    guard.on_train_batch_start(fake_trainer(6, model), model, None, 0)
+    guard.on_train_batch_end(fake_trainer(7, model), model, None, None, 0)
     model.geometry.weight.grad = torch.full((2, 2), float("inf"))
     t = fake_trainer(4, model)
+    guard.on_before_optimizer_step(t, model, t.optimizers[0])
     with pytest.raises(DivergenceError, match=r"step 4: the gradient of geometry.weight is not finite.*'geometry'"):
-        guard.on_before_optimizer_step(t, model, t.optimizers[0])
+        guard.on_train_batch_end(fake_trainer(5, model), model, None, None, 0)
+    guard.on_train_batch_start(t, model, None, 0)
     guard.on_before_optimizer_step(fake_trainer(4, model, "16-mixed"), model, t.optimizers[0])  # the scaler's job
+    guard.on_train_batch_end(fake_trainer(5, model), model, None, None, 0)
+    guard.on_before_optimizer_step(fake_trainer(4, model, "bf16-mixed"), model, t.optimizers[0])
     with pytest.raises(DivergenceError, match="No checkpoint had been saved yet"):
-        guard.on_before_optimizer_step(fake_trainer(4, model, "bf16-mixed"), model, t.optimizers[0])
+        guard.on_train_batch_end(fake_trainer(5, model), model, None, None, 0)
+
+
+def test_finite_flags_per_tensor_across_dtypes():
+    named = [("a", torch.tensor([1.0, float("nan")])), ("h", torch.tensor([65504.0], dtype=torch.float16)),
+             ("b", torch.tensor([2.0, 3.0e38])), ("c", torch.tensor([float("-inf")])), ("e", torch.zeros(0))]  # fmt: skip
+    names, flags = finite_flags(named)
+    assert sorted(names) == ["a", "b", "c", "e", "h"] and flags.dtype == torch.bool
+    # finite values near the dtype's largest (whose squares overflow) are finite; an empty tensor is finite
+    assert dict(zip(names, flags.tolist())) == {"a": False, "h": True, "b": True, "c": False, "e": True}
+    assert finite_flags([])[0] == [] and finite_flags([])[1].numel() == 0
 
 
 def test_non_finite_parameter_and_emptied_occupancy_grid():
