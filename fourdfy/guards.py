@@ -4,9 +4,9 @@
 
 1. the loss, as it enters the backward pass (single-process runs; in data-parallel runs a bad loss on one rank
    shows up as a bad averaged gradient on every rank, so every rank stops at the same check);
-2. the gradients, before the optimizer step (skipped under ``16-mixed`` precision, whose gradient scaler skips
-   steps with non-finite gradients by design);
-3. the trainable parameters, after the optimizer step;
+2. the gradients of the optimized parameters, before the optimizer step (skipped under ``16-mixed`` precision,
+   whose gradient scaler skips steps with non-finite gradients by design);
+3. the optimized parameters, after the optimizer step;
 4. every occupancy grid (a module with ``occs`` and ``binaries`` buffers): its values must stay finite and, once it
    has had an occupied cell, it must not become empty (nothing would be rendered any more).
 
@@ -33,15 +33,15 @@ from fourdfy.errors import DivergenceError
 logger = logging.getLogger(__name__)
 
 
-def finite_flags(named: list[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
-    """Names and one bool per tensor, on the device, true when every element is finite; no host sync. ``x * 0``
+def finite_flags(named: list[tuple[Any, torch.Tensor]]) -> tuple[list[Any], torch.Tensor]:
+    """Keys and one bool per tensor, on the device, true when every element is finite; no host sync. ``x * 0``
     is 0 where ``x`` is finite and NaN where it is inf or NaN, so its 1-norm is 0 exactly when ``x`` is all finite
     (no overflow, unlike a norm of ``x`` itself). Multi-tensor kernels per (device, dtype) group instead of two
-    launches per tensor; the names come back in the order of the flags (grouped).
+    launches per tensor; the keys (names, indices) come back in the order of the flags (grouped).
 
     Example: ``finite_flags([("a", tensor([1., nan])), ("b", tensor([2.]))])`` is ``(["a", "b"], tensor([False,
     True]))``."""
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[Any, torch.Tensor]]] = {}
     for name, t in named:
         groups.setdefault((t.device, t.dtype), []).append((name, t))
     names, flags = [], []
@@ -70,11 +70,19 @@ class _Check:
 
     kind: str
     step: int
-    names: list[str]
+    names: list[Any]
+    """Names, or for gradients and parameters indices into ``params``."""
     flags: torch.Tensor
     value: Optional[torch.Tensor] = None
     optimizer: Optional[torch.optim.Optimizer] = None
+    params: list[torch.Tensor] = dataclasses.field(default_factory=list)
     read: list[bool] = dataclasses.field(default_factory=list)
+
+
+def optimized_parameters(optimizers: list[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    """The parameters the optimizers update (the trainable state that can diverge), without walking the module
+    tree: a stage-3 system holds thousands of frozen diffusion-network modules."""
+    return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
 
 
 class DivergenceGuard(pl.Callback):
@@ -88,6 +96,7 @@ class DivergenceGuard(pl.Callback):
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self._grid_had_cells: dict[str, bool] = {}
         self._pending: list[_Check] = []
+        self._grids: Optional[tuple[int, list[tuple[str, torch.nn.Module]]]] = None  # (id of the module, its grids)
 
     # -- the checks: computed on the device as the step goes, read at its end ---------------------------------
 
@@ -105,17 +114,20 @@ class DivergenceGuard(pl.Callback):
     ) -> None:
         if "16-mixed" in str(trainer.precision) and trainer.precision != "bf16-mixed":
             return  # the gradient scaler skips non-finite steps and lowers its scale: expected, not divergence
-        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        self._pending.append(_Check("gradient", trainer.global_step, *finite_flags(named), optimizer=optimizer))
+        params = [p for p in optimized_parameters([optimizer]) if p.grad is not None]
+        keys, flags = finite_flags([(i, p.grad) for i, p in enumerate(params)])
+        self._pending.append(_Check("gradient", trainer.global_step, keys, flags, optimizer=optimizer, params=params))
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: torch.nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step - 1  # the optimizer step has counted
-        named = [(n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad]
-        checks = self._pending + [_Check("parameter", step, *finite_flags(named))]
-        grids = occupancy_grids(pl_module)
-        for name, grid in grids:
+        params = optimized_parameters(trainer.optimizers)
+        keys, flags = finite_flags([(i, p.detach()) for i, p in enumerate(params)])
+        checks = self._pending + [_Check("parameter", step, keys, flags, params=params)]
+        if self._grids is None or self._grids[0] != id(pl_module):  # the module tree is walked once
+            self._grids = (id(pl_module), occupancy_grids(pl_module))
+        for name, grid in self._grids[1]:
             checks.append(_Check("grid", step, *finite_flags([(name, grid.occs)])))
             checks.append(_Check("grid_cells", step, [name], grid.binaries.any().reshape(1)))
         self._pending = []
@@ -143,6 +155,9 @@ class DivergenceGuard(pl.Callback):
         bad = next((n for n, ok in zip(check.names, check.read) if not ok), None)
         if bad is None:
             return
+        if check.params:  # an index: name the parameter (the module tree is walked only now)
+            param = check.params[bad]
+            bad = next((n for n, p in pl_module.named_parameters() if p is param), "<a parameter without a name>")
         if check.kind == "loss":
             terms = self._loss_terms(trainer)
             self._stop(
