@@ -3,6 +3,8 @@ part of the field, and that data and system keys held twice must agree."""
 
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -107,3 +109,30 @@ def test_freeze_static_modules_trains_the_temporal_part_on_every_branch():
     system.set_temporal_training(system.branches[BatchKind.MULTI_VIEW])
     temporal = {id(p) for p in system.geometry.temporal_parameters()}
     assert temporal and all(p.requires_grad == (id(p) in temporal) for p in system.parameters())
+
+
+def test_loss_weights_are_logged_only_on_steps_the_loggers_write(system_and_data, monkeypatch):
+    """``self.log`` costs host time per call: the loss weights (``train_params/*``) are logged only where Lightning
+    writes to the loggers; the losses, statistics and sample count on every step."""
+    system, dm = system_and_data
+    system.train()
+    system.renderer.update_step(0, 0)
+    batch = batch_of(dm, BatchKind.MULTI_VIEW)
+    for writes in (False, True):
+        logged: list[str] = []
+        monkeypatch.setattr(system, "log", lambda name, value, **kw: logged.append(name))
+        connector = SimpleNamespace(should_update_logs=writes)
+        monkeypatch.setattr(system, "_trainer", SimpleNamespace(_logger_connector=connector, global_step=0, current_epoch=0))
+        system.training_step(batch, 0)
+        params = [n for n in logged if n.startswith("train_params/")]
+        assert len(params) == (8 if writes else 0)
+        assert {"train/loss", "train/num_samples", "train/loss_sds"} <= set(logged)
+
+
+def test_lightning_still_tells_whether_a_step_writes_logs():
+    """``logs_written_this_step`` reads Lightning's logger connector; were it gone, every step would log again
+    (correct, slower): this test notices."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=5)
+    assert isinstance(trainer._logger_connector.should_update_logs, bool)
