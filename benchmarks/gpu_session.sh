@@ -12,6 +12,8 @@
 #              (ITER_PROFILE_SORT=cpu sorts it by host time)
 #   cap24      stage 3 (ZeroScope and VideoCrafter2) with PyTorch's GPU memory capped at 22 GiB (a 24 GB card)
 #   vae        benchmarks/vae_encoder.py (the video branch's VAE encoder: layout, cudnn.benchmark, frames per call)
+#   memfrac    system.renderer.checkpoint_memory_fraction=0.5 (skip render checkpointing where it fits): stages 1
+#              and 3 on the whole card, stage 3 under the 22 GiB cap (tagged runs: speed_table lists them apart)
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
@@ -56,6 +58,14 @@ for part in "$@"; do
           --steps "${ITER_STEPS:-20}" --tag cap22 --out "$OUT"
       done ;;
     vc) iter configs/fourdfy_stage_3_vc.yaml ;;
+    memfrac)
+      for c in configs/fourdfy_stage_1.yaml configs/fourdfy_stage_3.yaml; do
+        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --steps "${ITER_STEPS:-20}" \
+          --tag memfrac0.5 --out "$OUT" system.renderer.checkpoint_memory_fraction=0.5
+      done
+      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
+        --memory-cap-gib 22 --steps "${ITER_STEPS:-20}" --tag cap22_memfrac0.5 --out "$OUT" \
+        system.renderer.checkpoint_memory_fraction=0.5 ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;
     estimate)

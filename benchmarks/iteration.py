@@ -746,6 +746,8 @@ def main() -> int:
         "peak_memory_gib": main_m["peak_memory_gib"],
         "memory_cap_gib": args.memory_cap_gib,
         "loggers": args.loggers,
+        "tag": args.tag,
+        "extra_overrides": list(args.overrides),
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "peak_memory_gib_per_device": main_m["peak_memory_gib_per_device"],
         "stage_hours_estimate": max_steps * fraction * main_m["seconds_per_iter_weighted"] / 3600,

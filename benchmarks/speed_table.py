@@ -20,28 +20,35 @@ SHORT = {"multi_view": "MV", "single_view": "VSD", "video": "video"}
 PIPELINE = ("configs/fourdfy_stage_1.yaml", "configs/fourdfy_stage_2.yaml", "configs/fourdfy_stage_3.yaml")
 
 
-def load(paths: list[str], capped: bool = False) -> dict[tuple[str, str, str], dict]:
-    """Iteration JSONs keyed by (config, phase, fast_paths); the newest file wins on duplicates. Runs under a
-    memory cap (``--memory-cap-gib``) are left out, or with ``capped`` the only ones kept."""
-    runs: dict[tuple[str, str, str], dict] = {}
+def load(paths: list[str], kind: str = "main") -> dict[tuple[str, ...], dict]:
+    """Iteration JSONs of one kind: ``main`` (no memory cap, no ``--tag``) keyed by (config, phase, fast_paths),
+    the newest file winning on duplicates; ``capped`` (``--memory-cap-gib``) and ``variant`` (a ``--tag``, e.g. a
+    setting tried) keyed by the file too."""
+    runs: dict[tuple[str, ...], dict] = {}
     for p in sorted(paths, key=lambda f: Path(f).stat().st_mtime):
         data = json.loads(Path(p).read_text())
-        if data.get("benchmark") != "iteration" or (data.get("memory_cap_gib") is not None) != capped:
+        if data.get("benchmark") != "iteration":
+            continue
+        run_kind = "capped" if data.get("memory_cap_gib") is not None else "variant" if data.get("tag") else "main"
+        if run_kind != kind:
             continue
         data["_path"] = p
-        runs[(data["config"], data["phase"], data["fast_paths"])] = data
+        key = (data["config"], data["phase"], data["fast_paths"])
+        runs[key if kind == "main" else (*key, Path(p).name)] = data
     return runs
 
 
-def capped_lines(runs: dict[tuple[str, str, str], dict]) -> str:
-    """One line per run under a memory cap: the cap, s/it and the peaks, allocated and reserved."""
+def other_lines(runs: dict[tuple[str, ...], dict]) -> str:
+    """One line per capped or tagged run: the cap or tag, its extra overrides, s/it and the peaks."""
     out = []
-    for (config, _, mode), r in sorted(runs.items()):
+    for (config, _, mode, name), r in sorted(runs.items()):
         rnd = r["fields"]["random"]
-        out.append(f"- `{Path(config).stem}` (fast paths {mode}) under a {r['memory_cap_gib']:g} GiB cap: "
-                   f"{fmt(rnd['seconds_per_iter_weighted'])} s/it, peak {fmt(rnd['peak_memory_gib'], '.1f')} GiB "
-                   f"allocated, {fmt(rnd.get('peak_reserved_gib'), '.1f')} GiB reserved "
-                   f"({Path(r['_path']).name})")  # fmt: skip
+        how = f"under a {r['memory_cap_gib']:g} GiB cap" if r.get("memory_cap_gib") is not None else f"`{r['tag']}`"
+        extra = r.get("extra_overrides", [])
+        out.append(f"- `{Path(config).stem}` (fast paths {mode}) {how}"
+                   + (f" ({', '.join(f'`{o}`' for o in extra)})" if extra else "")
+                   + f": {fmt(rnd['seconds_per_iter_weighted'])} s/it, peak {fmt(rnd['peak_memory_gib'], '.1f')} GiB "
+                   f"allocated, {fmt(rnd.get('peak_reserved_gib'), '.1f')} GiB reserved ({name})")  # fmt: skip
     return "\n".join(out)
 
 
@@ -111,10 +118,14 @@ def main() -> int:
     print(table(runs))
     print("\nWhole prompt (stages 1 + 2 + 3 at their configured iterations, branch-weighted):\n")
     print(whole_prompt(runs))
-    capped = load(args.json, capped=True)
+    capped = load(args.json, "capped")
     if capped:
         print("\nUnder a memory cap (PyTorch's allocator limited to the card size named; an OOM fails the run):\n")
-        print(capped_lines(capped))
+        print(other_lines(capped))
+    variants = load(args.json, "variant")
+    if variants:
+        print("\nVariants (tagged runs: a setting tried, not the default):\n")
+        print(other_lines(variants))
     grids = [json.loads(Path(f).read_text()) for f in args.json if Path(f).name.startswith("hash_grid")]
     for g in grids:
         print(f"\nHash grid and MLP alone ({g['args']['points']} points, {g['card']}, triton {g['versions']['triton']}):\n")

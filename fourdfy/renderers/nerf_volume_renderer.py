@@ -27,6 +27,7 @@ from fourdfy.config import ConfigError, child_slot, choice, ranged
 from fourdfy.data.batch import CameraBatch
 from fourdfy.registry import register
 from fourdfy.renderers.base import RenderOutput, Renderer
+from fourdfy.utils.device_memory import available_device_memory
 from fourdfy.utils.tensor_fields import cat_tensors, scatter_tensors
 from fourdfy.renderers.occupancy_grid import OccupancyGrid
 from fourdfy.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
@@ -101,6 +102,15 @@ def composite(
     return with_background(*composite_foreground(shading, t_starts, t_ends, ray_indices, bg.shape[0]), bg)
 
 
+def unchunked_render_fits(n_samples: int, bytes_per_sample: int, available_bytes: int, fraction: float) -> bool:
+    """Whether a render of ``n_samples`` without checkpointing, at ``bytes_per_sample`` at its peak, stays within
+    ``fraction`` of ``available_bytes``; the rest is left to what the step does after rendering (the guidance's
+    networks and VAE) and to the allocator's rounding.
+
+    Example: 12.4 M samples at 3500 bytes (43.4 GB) fit in half of 120 GB, not in half of 10 GB."""
+    return n_samples * bytes_per_sample <= fraction * available_bytes
+
+
 def ray_groups(ray_indices: Int[Tensor, "S"], n_rays: int, group_samples: int) -> list[tuple[int, int, int, int]]:
     """Split packed samples (sorted by ray) into groups of whole, contiguous rays of about ``group_samples``
     samples each; returns ``(first_ray, end_ray, first_sample, end_sample)`` per group (ends exclusive).
@@ -159,6 +169,14 @@ class NeRFVolumeRenderer(Renderer):
         (the whole render's per-sample activations are kept). At 4D-fy's field sizes a sample keeps about 0.75 kB of
         saved activations (fp32 MLPs; measured with saved-tensor hooks) and some 3 kB at the peak of forward and
         backward (stage 1 at 256^2: 39 GiB for 12.4 M samples unchunked), so the default group peaks near 3 GB."""
+        checkpoint_memory_fraction: float = ranged(0.0, ge=0.0, le=1.0)
+        """0 (default): checkpoint every training render above ``checkpoint_samples``. ``f > 0``: on a CUDA device,
+        render without checkpointing when its estimated peak (samples x ``checkpoint_bytes_per_sample``) is at most
+        ``f`` of the memory PyTorch can still use there (:func:`unchunked_render_fits`): a large card skips the
+        extra shading forward of the recompute, a small one still checkpoints. Not yet measured on a GPU, so off."""
+        checkpoint_bytes_per_sample: int = ranged(3500, ge=1)
+        """Peak bytes per sample of a render without checkpointing, forward and backward, for
+        ``checkpoint_memory_fraction`` (stage 1 at 256^2, fp32 MLPs: 39.3 GiB for 12.4 M samples, 3.4 kB)."""
 
 
     def configure(self) -> None:
@@ -234,7 +252,8 @@ class NeRFVolumeRenderer(Renderer):
         ray_indices, t_starts, t_ends = self.sample(rays_o, rays_d, ray_times)
         n = int(ray_indices.shape[0])
         group = self.checkpoint_group_samples(grad_budget)
-        if group > 0 and n > group and self.training and torch.is_grad_enabled():
+        checkpoint = group > 0 and n > group and self.training and torch.is_grad_enabled()
+        if checkpoint and not self.fits_unchunked(n, rays_o):
             parts = self.shade_and_composite_checkpointed(
                 ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, group
             )
@@ -247,6 +266,17 @@ class NeRFVolumeRenderer(Renderer):
     def checkpoint_group_samples(self, grad_budget: Optional[int]) -> int:
         """Samples per checkpointed group (``checkpoint_samples``); 0 (no checkpointing) under a gradient budget."""
         return self.cfg.checkpoint_samples if grad_budget is None else 0
+
+    def fits_unchunked(self, n_samples: int, like: Tensor) -> bool:
+        """Whether a render of ``n_samples`` may skip checkpointing (``checkpoint_memory_fraction``) on the device
+        of ``like``."""
+        fraction = self.cfg.checkpoint_memory_fraction
+        if fraction <= 0:
+            return False
+        available = available_device_memory(like.device)
+        return available is not None and unchunked_render_fits(
+            n_samples, self.cfg.checkpoint_bytes_per_sample, available, fraction
+        )
 
     def shade_and_composite_checkpointed(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,

@@ -147,6 +147,15 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     assert table.returncode == 0, table.stderr[-2000:]
     assert "| `fourdfy_stage_3_tiny`" not in table.stdout
     assert "`fourdfy_stage_3_tiny` (fast paths on) under a 22 GiB cap" in table.stdout
+    # so is a tagged run (a setting tried), with the overrides it was given
+    assert data["tag"] == "" and data["extra_overrides"] == [] and data["loggers"] is True
+    variant = tmp_path / "variant.json"
+    variant.write_text(json.dumps({**data, "tag": "memfrac", "extra_overrides": ["system.renderer.x=1"]}))
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed_table.py"), str(path), str(variant)],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "`fourdfy_stage_3_tiny` (fast paths on) `memfrac` (`system.renderer.x=1`)" in table.stdout
+    assert table.stdout.count("| `fourdfy_stage_3_tiny`") == 1  # the main row is the untagged run
 
 
 def test_sync_site_skips_torch_frames_and_shortens_paths():

@@ -11,12 +11,15 @@ from fourdfy.data.batch import BatchKind
 from fourdfy.data.random_camera import make_batch
 from fourdfy.geometry.implicit_volume import ImplicitVolume
 from fourdfy.materials.no_material import NoMaterial
+from fourdfy.renderers import nerf_volume_renderer
 from fourdfy.renderers.nerf_volume_renderer import (
     MaskNeRFVolumeRenderer,
     NeRFVolumeRenderer,
     StableNeRFVolumeRenderer,
     ray_groups,
+    unchunked_render_fits,
 )
+from fourdfy.utils.device_memory import available_device_memory
 
 FIELDS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "deformation")
 DEFORM_ENC = {"otype": "HashGridSpatialTimeDeform", "n_levels": 4, "log2_hashmap_size": 10, "base_resolution": 8,
@@ -213,3 +216,33 @@ def test_checkpoint_samples_is_parsed_and_checked():
     assert NeRFVolumeRenderer({"checkpoint_samples": 0}, geo, mat, bg).cfg.checkpoint_samples == 0
     with pytest.raises(ConfigError, match="checkpoint_samples"):
         NeRFVolumeRenderer({"checkpoint_samples": -1}, geo, mat, bg)
+
+
+def test_unchunked_render_fits_follows_its_docstring_example():
+    assert unchunked_render_fits(12_400_000, 3500, 120 * 10**9, 0.5)
+    assert not unchunked_render_fits(12_400_000, 3500, 10 * 10**9, 0.5)
+    assert unchunked_render_fits(10, 100, 2000, 0.5) and not unchunked_render_fits(11, 100, 2000, 0.5)
+
+
+@pytest.mark.parametrize(
+    "fraction, available, checkpoints",
+    [(0.0, 10**12, True), (0.5, 10**12, False), (0.5, 10**3, True), (0.5, None, True)],
+)
+def test_checkpoint_memory_fraction_skips_checkpointing_only_with_room(monkeypatch, fraction, available, checkpoints):
+    """With ``checkpoint_memory_fraction`` a render that fits the memory left is not checkpointed; 0 (the default)
+    and a device whose memory cannot be read (None: the CPU) keep checkpointing."""
+    geo, mat, bg = parts()
+    _, ckpt = renderers(geo, mat, bg, checkpoint_samples=200)
+    ckpt.cfg.checkpoint_memory_fraction = fraction
+    monkeypatch.setattr(nerf_volume_renderer, "available_device_memory", lambda device: available)
+    calls = count_group_calls(ckpt)
+    out = ckpt(video_batch())
+    out.comp_rgb.sum().backward()
+    assert out.num_samples > 200 and bool(calls) == checkpoints
+
+
+def test_available_device_memory():
+    assert available_device_memory(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        free = available_device_memory(torch.device("cuda"))
+        assert 0 < free <= torch.cuda.get_device_properties(0).total_memory

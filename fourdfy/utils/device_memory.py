@@ -1,0 +1,22 @@
+"""How much more memory PyTorch can still use on a device (for choices that trade memory for speed)."""
+
+from typing import Optional
+
+import torch
+
+
+def available_device_memory(device: torch.device) -> Optional[int]:
+    """Bytes that PyTorch's caching allocator can still hand out on ``device``: the blocks it holds unused, plus
+    what it may still reserve -- the driver's free memory, within any per-process cap
+    (``torch.cuda.set_per_process_memory_fraction``, as the benchmark's ``--memory-cap-gib`` sets). ``None`` on a
+    device other than CUDA (nothing to measure: the caller keeps its memory-saving default). Reads the driver, no
+    stream synchronisation."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    reserved = torch.cuda.memory_reserved(index)
+    allocated = torch.cuda.memory_allocated(index)
+    fraction = torch.cuda.get_per_process_memory_fraction(index)
+    may_reserve = min(free, max(0, int(fraction * total) - reserved))
+    return may_reserve + (reserved - allocated)
