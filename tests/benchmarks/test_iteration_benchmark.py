@@ -2,7 +2,6 @@
 field), its JSON carries the breakdown and the estimate, every fast-path switch parses on every stage config, and
 the whole-prompt arithmetic is checked on made-up numbers. No timing is asserted: only that the numbers exist."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,15 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("fourdfy_stage_*.yaml"))
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("iteration_benchmark", ROOT / "benchmarks" / "iteration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_twelve_stage_configs_are_covered():
@@ -35,7 +29,7 @@ def test_every_fast_path_switch_parses_on_every_stage_config(name):
     the hash-grid and MLP switches apply everywhere."""
     from fourdfy.experiment import load_config, load_yaml_tree
 
-    bench = load_benchmark()
+    bench = load_benchmark("iteration")
     config = ROOT / "configs" / name
     tree = load_yaml_tree(config)
     off = bench.fast_path_off_overrides(tree)
@@ -52,7 +46,7 @@ def test_every_fast_path_switch_parses_on_every_stage_config(name):
 
 
 def test_paper_stage_3_switches_every_memory_path():
-    bench = load_benchmark()
+    bench = load_benchmark("iteration")
     from fourdfy.experiment import load_yaml_tree
 
     off = bench.fast_path_off_overrides(load_yaml_tree(ROOT / "configs" / "fourdfy_stage_3.yaml"))
@@ -63,7 +57,7 @@ def test_paper_stage_3_switches_every_memory_path():
 
 
 def test_synthetic_object_hits_and_misses():
-    bench = load_benchmark()
+    bench = load_benchmark("iteration")
     rays_o = torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
     rays_d = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
     times = torch.zeros(3, 1)
@@ -78,7 +72,7 @@ def test_synthetic_object_hits_and_misses():
 
 
 def test_phase_fraction_and_whole_prompt_estimate(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("iteration")
 
     class Cfg:
         data = {"multi_view": {"width": [64, 256], "resolution_milestones": [5000]}}
@@ -159,7 +153,7 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
 
 
 def test_sync_site_skips_torch_frames_and_shortens_paths():
-    iteration = load_benchmark()
+    iteration = load_benchmark("iteration")
     frame = traceback.FrameSummary
     stack = [
         frame(str(iteration.ROOT / "fourdfy" / "renderers" / "occupancy_grid.py"), 243, "_march_torch"),

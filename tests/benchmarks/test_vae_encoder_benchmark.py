@@ -1,22 +1,13 @@
 """CPU smoke run of benchmarks/vae_encoder.py (the tiny VAE): every variant timed, results equal across layouts."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("vae_encoder_benchmark", ROOT / "benchmarks" / "vae_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def test_cpu_smoke_run_times_every_variant_with_equal_results(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bench = load_benchmark()
+    bench = load_benchmark("vae_encoder")
     report = bench.main(["--tiny", "--device", "cpu", "--iters", "1", "--warmup", "0", "--chunks", "2", "0",
                          "--out", str(tmp_path)])  # fmt: skip
     rows = report["rows"]

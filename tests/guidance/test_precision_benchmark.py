@@ -1,22 +1,13 @@
 """benchmarks/precision.py in its CPU smoke mode (--device cpu --tiny): it runs and its JSON has every field."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("precision_benchmark", ROOT / "benchmarks" / "precision.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def test_tiny_cpu_run_writes_the_report(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("precision")
     out = tmp_path / "precision_cpu.json"
     bench.main(["--device", "cpu", "--tiny", "--out", str(out)])
     report = json.loads(out.read_text())
