@@ -12,7 +12,7 @@ The SDS math itself (noising, CFG, weights, the target-form loss) is in :mod:`fo
 
 import dataclasses
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from fourdfy.config import ranged
 
 
 @dataclasses.dataclass
-class VaeCheckpointConfig:
-    """The VAE-encoder checkpointing keys both video guidances share (their ``Config`` classes inherit them)."""
+class VaeEncoderConfig:
+    """The VAE-encoder keys both video guidances share (their ``Config`` classes inherit them)."""
 
     vae_checkpoint: bool = True
     """Encode the frames with gradient ``vae_checkpoint_frames`` at a time under activation checkpointing: the
@@ -37,9 +37,26 @@ class VaeCheckpointConfig:
     batch: ZeroScope's 16 frames at 576x320 took 150-190 ms one per call, 92 ms four per call and 76 ms in one
     call (H200, fp16; ``benchmarks/results/iteration_stage_3_*``)."""
 
+    vae_channels_last: bool = False
+    """Run the VAE encoder in the channels-last memory layout (weights and frames): cuDNN's half-precision
+    convolutions work in it natively instead of transposing every activation to it and back. Same values up to the
+    convolutions' summation order. Off until measured on a GPU (``benchmarks/vae_encoder.py`` times both layouts)."""
+
     def checkpoint_frames(self) -> int:
         """Frames per checkpointed encoder call (0: no checkpointing)."""
         return self.vae_checkpoint_frames if self.vae_checkpoint else 0
+
+
+
+T = TypeVar("T", Tensor, torch.nn.Module)
+
+
+def in_layout(x: T, cfg: VaeEncoderConfig) -> T:
+    """The VAE (or a batch of frames for it) in the encoder's memory layout: channels-last with
+    ``vae_channels_last``, else ``x`` untouched."""
+    if not cfg.vae_channels_last:
+        return x
+    return x.to(memory_format=torch.channels_last)
 
 
 def frames_to_bchw(rgb: Float[Tensor, "B T H W 3"], size: tuple[int, int]) -> Float[Tensor, "BT 3 h w"]:

@@ -108,7 +108,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
     """``weights_dtype: auto`` takes this family's measured default (:mod:`fourdfy.guidance.precision`)."""
 
     @dataclasses.dataclass
-    class Config(video_sds.VaeCheckpointConfig):
+    class Config(video_sds.VaeEncoderConfig):
         pretrained_model_name_or_path: Optional[str] = None
         """``model.ckpt``: local path; the hub id ``VideoCrafter/VideoCrafter2``, ``""`` or null download it; or a
         stand-in name. 4D-fy's configs interpolate ``system.prompt_processor_video.pretrained_model_name_or_path``."""
@@ -183,7 +183,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         builder = stand_ins.lookup("videocrafter", c.pretrained_model_name_or_path or "")
         unet, vae, table = builder() if builder is not None else self._load_pretrained()
         self.unet = self.freeze(unet)
-        self.vae = self.freeze(vae)
+        self.vae = video_sds.in_layout(self.freeze(vae), self.cfg)
         self.register_buffer("alphas_cumprod", table.float().clone(), persistent=False)
         self.register_buffer("scale_arr", scale_arr(num_timesteps=table.shape[0]), persistent=False)
         self.num_train_timesteps = int(table.shape[0])
@@ -236,6 +236,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
 
         with autocast:
             images = video_sds.frames_to_bchw(rgb.float(), tuple(self.cfg.frame_size)) * 2.0 - 1.0
+            images = video_sds.in_layout(images, self.cfg)
             with_grad = video_sds.frame_grad_flags(b, t, k, rgb.device, generator)
             z = video_sds.encode_frames(
                 moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()

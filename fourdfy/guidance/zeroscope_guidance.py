@@ -141,7 +141,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
     shrink it on an instance to run fast)."""
 
     @dataclasses.dataclass
-    class Config(video_sds.VaeCheckpointConfig):
+    class Config(video_sds.VaeEncoderConfig):
         pretrained_model_name_or_path: str = ZEROSCOPE_HUB_ID
         """Local diffusers folder (``unet/``, ``vae/``, ``scheduler/``), hub id, or a reserved stand-in name
         (``tiny-random-zeroscope``, ``random-init-zeroscope-v2-576w``)."""
@@ -225,7 +225,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         key = f"{self.path}.pretrained_model_name_or_path"
         parts = load_zeroscope_components(c.pretrained_model_name_or_path, key)
         self.unet = self.freeze(parts.unet)
-        self.vae = self.freeze(parts.vae)
+        self.vae = video_sds.in_layout(self.freeze(parts.vae), self.cfg)
         config = parts.scheduler.config
         if config.prediction_type not in sds.PREDICTION_TYPES:
             raise ConfigError(f"{key}: prediction type {config.prediction_type!r} is not one of {sds.PREDICTION_TYPES}")
@@ -287,6 +287,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         b, t = rgb.shape[:2]
         with torch.autocast(device_type=rgb.device.type, enabled=False):
             images = video_sds.frames_to_bchw(rgb.float(), self.video_size) * 2.0 - 1.0
+            images = video_sds.in_layout(images, self.cfg)
             with_grad = video_sds.frame_grad_flags(b, t, self.cfg.low_ram_vae, rgb.device, generator)
             sample = functools.partial(
                 video_sds.vae_posterior_sample, scaling_factor=self.vae.config.scaling_factor, generator=generator

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from vae_checkpoint import compare_vae_checkpoint
+from vae_encodings import compare_vae_encodings
 
 from fourdfy.config import ConfigError
 from fourdfy.data.batch import BatchKind, CameraBatch
@@ -178,7 +178,7 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(guidance, low_ram_v
         with_cfg(guidance, low_ram_vae=low_ram_vae, vae_checkpoint=on)
         return guidance.vae.encoder, guidance.encode_frames
 
-    grad_on, calls_on, calls_off = compare_vae_checkpoint(encoder_and_encode, make_rgb(1, 4), weights, seed=9)
+    grad_on, calls_on, calls_off = compare_vae_encodings(encoder_and_encode, make_rgb(1, 4), weights, seed=9)
     n_grad = 4 if low_ram_vae < 0 else 2
     assert int((grad_on.abs().sum(dim=(0, 2, 3, 4)) > 0).sum()) == n_grad
     # the gradient frames up to 4 per call (vae_checkpoint_frames), recomputed in backward; the others one by one
@@ -313,3 +313,13 @@ def test_config_keys_of_4dfy_and_their_checks():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+
+
+def test_vae_channels_last_gives_the_same_latents_and_gradients(guidance):
+    last = make_guidance(vae_channels_last=True)
+    assert last.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(1, 4, 4, *LATENT, generator=torch.Generator().manual_seed(1))
+    guidances = {True: last, False: guidance}
+    compare_vae_encodings(
+        lambda flag: (guidances[flag].vae.encoder, guidances[flag].encode_frames), make_rgb(1, 4), weights, seed=9
+    )

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fourdfy import stand_ins
-from vae_checkpoint import compare_vae_checkpoint
+from vae_encodings import compare_vae_encodings
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.data.batch import BatchKind
 from fourdfy.data.random_camera import make_batch
@@ -217,7 +217,7 @@ def test_vae_checkpoint_gives_the_same_latents_and_gradients(k):
     on, off = make_guidance(low_ram_vae=k), make_guidance(low_ram_vae=k, vae_checkpoint=False)
     assert on.cfg.vae_checkpoint and not off.cfg.vae_checkpoint
     guidances = {True: on, False: off}
-    grad_on, calls_on, calls_off = compare_vae_checkpoint(
+    grad_on, calls_on, calls_off = compare_vae_encodings(
         lambda flag: (guidances[flag].vae.encoder, guidances[flag].encode_video),
         torch.rand(2, 4, 6, 8, 3), torch.randn(2, 4, 4, 2, 3), seed=4,
     )
@@ -432,3 +432,15 @@ def test_vae_checkpoint_frames_sets_the_frames_per_encoder_call():
     assert sorted(calls) == [2, 2, 3, 3, 3, 3]  # 8 frames as 3 + 3 + 2, each recomputed once in backward
     with pytest.raises(ConfigError, match="vae_checkpoint_frames"):
         make_guidance(vae_checkpoint_frames=0)
+
+
+def test_vae_channels_last_gives_the_same_latents_and_gradients():
+    last, plain = make_guidance(low_ram_vae=-1, vae_channels_last=True), make_guidance(low_ram_vae=-1)
+    conv = last.vae.encoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.vae.encoder.conv_in.weight.is_contiguous()
+    guidances = {True: last, False: plain}
+    compare_vae_encodings(
+        lambda flag: (guidances[flag].vae.encoder, guidances[flag].encode_video),
+        torch.rand(2, 4, 6, 8, 3, generator=torch.Generator().manual_seed(3)), torch.randn(2, 4, 4, 2, 3), seed=4,
+    )

@@ -1,4 +1,5 @@
-"""The VAE-checkpoint comparison both video guidances' tests make (ZeroScope, VideoCrafter2)."""
+"""The VAE-encoding comparison both video guidances' tests make (ZeroScope, VideoCrafter2): a setting on and off
+(checkpointing, memory layout) must give the same latents and frame gradients."""
 
 from collections.abc import Callable
 
@@ -6,12 +7,12 @@ import torch
 from torch import Tensor, nn
 
 
-def compare_vae_checkpoint(
+def compare_vae_encodings(
     encoder_and_encode: Callable[[bool], tuple[nn.Module, Callable[[Tensor, torch.Generator], Tensor]]],
     frames: Tensor, weights: Tensor, seed: int,
 ) -> tuple[Tensor, list[int], list[int]]:  # fmt: skip
-    """Encode ``frames`` with the VAE checkpoint on and then off (``encoder_and_encode(on)`` gives the guidance's VAE
-    encoder module and its encode function, seeded with ``seed`` each time), assert that the latents and the frames'
+    """Encode ``frames`` with a setting on and then off (``encoder_and_encode(on)`` gives the guidance's VAE encoder
+    module and its encode function, seeded with ``seed`` each time), assert that the latents and the frames'
     gradients of ``(z * weights).sum()`` agree, and return the gradient and the encoder's batch size per call, on and
     off."""
     results = []
