@@ -14,6 +14,8 @@
 #   vae        benchmarks/vae_encoder.py (the video branch's VAE encoder: layout, cudnn.benchmark, frames per call)
 #   memfrac    system.renderer.checkpoint_memory_fraction=0.5 (skip render checkpointing where it fits): stages 1
 #              and 3 on the whole card, stage 3 under the 22 GiB cap (tagged runs: speed_table lists them apart)
+#   vaeloop    stage 3 with the video guidances' VAE encoder channels-last, then with cuDNN's algorithm search
+#              (trainer.benchmark=true): tagged runs beside the plain s3on
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
@@ -58,6 +60,11 @@ for part in "$@"; do
           --steps "${ITER_STEPS:-20}" --tag cap22 --out "$OUT"
       done ;;
     vc) iter configs/fourdfy_stage_3_vc.yaml ;;
+    vaeloop)
+      for setting in system.guidance_video.vae_channels_last=true trainer.benchmark=true; do
+        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
+          --steps "${ITER_STEPS:-20}" --tag "${setting%%=*}" --out "$OUT" "$setting"
+      done ;;
     memfrac)
       for c in configs/fourdfy_stage_1.yaml configs/fourdfy_stage_3.yaml; do
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --steps "${ITER_STEPS:-20}" \
