@@ -62,8 +62,9 @@ for part in "$@"; do
     vc) iter configs/fourdfy_stage_3_vc.yaml ;;
     vaeloop)
       for setting in system.guidance_video.vae_channels_last=true trainer.benchmark=true; do
+        tag=${setting%%=*}
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
-          --steps "${ITER_STEPS:-20}" --tag "${setting%%=*}" --out "$OUT" "$setting"
+          --steps "${ITER_STEPS:-20}" --tag "${tag##*.}" --out "$OUT" "$setting"
       done ;;
     memfrac)
       for c in configs/fourdfy_stage_1.yaml configs/fourdfy_stage_3.yaml; do
