@@ -9,6 +9,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from fourdfy.utils.tensor_fields import map_tensors
+from fourdfy.utils.transfer import to_device
 
 
 class BatchKind(enum.Enum):
@@ -81,18 +82,8 @@ class CameraBatch:
         return map_tensors(self, lambda x: x[index : index + 1], only=CAMERA_FIELDS)
 
     def to(self, device: torch.device | str) -> "CameraBatch":
-        """Move all tensors to ``device``. From the CPU to a CUDA device each tensor goes through pinned memory
-        and is copied without blocking: a copy from pageable memory would synchronise the host with the GPU once
-        per tensor (a dozen per training batch)."""
-        device = torch.device(device)
-
-        def move(x: Tensor) -> Tensor:
-            if device.type == "cuda" and x.device.type == "cpu":
-                # contiguous first: an expanded tensor (times) cannot be pinned in place
-                return x.contiguous().pin_memory().to(device, non_blocking=True)
-            return x.to(device)
-
-        return map_tensors(self, move)
+        """Move all tensors to ``device`` (from the CPU to CUDA without blocking the host: :func:`to_device`)."""
+        return map_tensors(self, lambda x: to_device(x, device))
 
 
 CAMERA_FIELDS = tuple(

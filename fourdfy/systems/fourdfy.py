@@ -24,6 +24,7 @@ from fourdfy.systems import losses
 from fourdfy.systems.base import BaseSystem
 from fourdfy.systems.branches import BRANCH_SLOTS, Branch, BranchSlots, branch_probabilities
 from fourdfy.systems.config import FourDFYSystemConfig, LossConfig
+from fourdfy.utils.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +185,7 @@ class FourDFYSystem(BaseSystem):
         the GPU: some 15 per iteration here. One copy from pinned memory, issued without blocking, makes none."""
         if not numbers:
             return
-        values = torch.tensor(list(numbers.values()), dtype=torch.float32)
-        if self.device.type == "cuda":
-            values = values.pin_memory()
-        values = values.to(self.device, non_blocking=True)
+        values = to_device(torch.tensor(list(numbers.values()), dtype=torch.float32), self.device)
         for name, value in zip(numbers, values.unbind()):
             self.log(name, value, batch_size=batch_size)
 
