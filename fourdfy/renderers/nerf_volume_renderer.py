@@ -78,7 +78,9 @@ def with_background(
     deformation: Optional[Float[Tensor, "R 3"]],
     bg: Float[Tensor, "R 3"],
 ) -> dict[str, Optional[Tensor]]:
-    """The per-ray outputs of :func:`composite` from the foreground parts: ``comp_rgb = fg + bg * (1 - opacity)``."""
+    """Per-ray outputs from the foreground parts of :func:`composite_foreground`: ``comp_rgb = fg + bg * (1 -
+    opacity)``, ``comp_rgb_fg``, ``comp_rgb_bg``, ``opacity``, ``depth`` (not divided by opacity), ``z_variance`` and
+    ``deformation`` (``None`` without one)."""
     return {
         "comp_rgb": fg + bg * (1.0 - opacity),
         "comp_rgb_fg": fg,
@@ -88,18 +90,6 @@ def with_background(
         "z_variance": z_var,
         "deformation": deformation,
     }
-
-
-def composite(
-    shading: Shading,
-    t_starts: Float[Tensor, "S"],
-    t_ends: Float[Tensor, "S"],
-    ray_indices: Int[Tensor, "S"],
-    bg: Float[Tensor, "R 3"],
-) -> dict[str, Optional[Tensor]]:
-    """Front-to-back compositing of packed samples. Returns per-ray ``comp_rgb``, ``comp_rgb_fg``, ``opacity``,
-    ``depth`` (not divided by opacity), ``z_variance`` and ``deformation`` (``None`` without one)."""
-    return with_background(*composite_foreground(shading, t_starts, t_ends, ray_indices, bg.shape[0]), bg)
 
 
 def unchunked_render_fits(n_samples: int, bytes_per_sample: int, available_bytes: int, fraction: float) -> bool:
