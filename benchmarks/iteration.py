@@ -15,11 +15,12 @@ What it does, in order:
    ``key=value`` overrides. ``--fast-paths off`` adds the overrides of :data:`FAST_PATH_SWITCHES` that apply to the
    config, so "off" and "on" differ only in those switches.
 2. Runs the real Lightning training loop, with what ``launch.py`` adds to it (the divergence guard; TensorBoard and
-   CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed iterations, ``--steps`` timed ones (CUDA-synchronised
-   at the iteration boundaries only, nothing inside), then ``--breakdown-steps`` iterations in which every phase is
-   synchronised and timed: occupancy update, render forward, guidance (VAE encode separately), backward, optimizer,
-   and the rest ("host": data, Lightning, loss assembly, logging). Per branch and overall; samples per ray. On
-   CUDA, one more iteration of each branch counts the synchronising CUDA calls (host syncs) it makes, by source line.
+   CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed
+   iterations, ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside), then
+   ``--breakdown-steps`` iterations in which every phase is synchronised and timed: occupancy update, render
+   forward, guidance (VAE encode separately), backward, optimizer, and the rest ("host": data, Lightning, loss
+   assembly, logging). Per branch and overall; samples per ray. On CUDA, one more iteration of each branch counts
+   the synchronising CUDA calls (host syncs) it makes, by source line.
 3. ``--field fitted`` (or ``both``, after the random-field measurement) first fits the field photometrically to a
    synthetic object (two spheres, the smaller one moving with time) for ``--fit-steps`` steps and rebuilds the
    occupancy grid from the fitted field, so that samples per ray are those of a scene, not of the random blob.
@@ -469,11 +470,11 @@ def run_callbacks_and_loggers(with_loggers: bool) -> tuple[list, Any, Any]:
     if not with_loggers:
         return [DivergenceGuard()], False, None
     from pytorch_lightning.callbacks import LearningRateMonitor
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from fourdfy.run import trial_loggers
 
     log_dir = tempfile.TemporaryDirectory(prefix="fourdfy-bench-logs-")
-    loggers = [TensorBoardLogger(log_dir.name, name="tb_logs"), CSVLogger(log_dir.name, name="csv_logs")]
-    return [DivergenceGuard(), LearningRateMonitor("step")], loggers, log_dir
+    return [DivergenceGuard(), LearningRateMonitor("step")], trial_loggers(Path(log_dir.name)), log_dir
 
 
 def strategy(args, cuda: bool) -> Any:

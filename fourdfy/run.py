@@ -296,6 +296,14 @@ def claim_trial(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace)
     return trial, True
 
 
+def trial_loggers(trial: Path) -> list[Any]:
+    """The loggers every training run writes: TensorBoard in ``{trial}/tb_logs`` and CSV in ``{trial}/csv_logs``
+    (``benchmarks/iteration.py`` uses them too, so that it measures their cost)."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    return [TensorBoardLogger(str(trial), name="tb_logs"), CSVLogger(str(trial), name="csv_logs")]
+
+
 def build_trainer(
     cfg: ExperimentConfig, args: argparse.Namespace, trial: Path, system: Any, extra_callbacks: list
 ) -> Any:
@@ -305,7 +313,6 @@ def build_trainer(
     import torch
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from fourdfy.guards import DivergenceGuard
     from fourdfy.progress import StepProgressBar
@@ -344,7 +351,7 @@ def build_trainer(
         except (MisconfigurationException, ValueError, TypeError) as e:
             raise ConfigError(f"checkpoint: {e}") from None
         callbacks += [DivergenceGuard(ckpts), checkpoint, LearningRateMonitor("step")]
-        loggers = [TensorBoardLogger(str(trial), name="tb_logs"), CSVLogger(str(trial), name="csv_logs")]
+        loggers = trial_loggers(trial)
         if system.cfg.loggers.wandb.enable:
             from pytorch_lightning.loggers import WandbLogger
 
