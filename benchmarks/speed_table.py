@@ -20,21 +20,19 @@ SHORT = {"multi_view": "MV", "single_view": "VSD", "video": "video"}
 PIPELINE = ("configs/fourdfy_stage_1.yaml", "configs/fourdfy_stage_2.yaml", "configs/fourdfy_stage_3.yaml")
 
 
-def load(paths: list[str], kind: str = "main") -> dict[tuple[str, ...], dict]:
-    """Iteration JSONs of one kind: ``main`` (no memory cap, no ``--tag``) keyed by (config, phase, fast_paths),
-    the newest file winning on duplicates; ``capped`` (``--memory-cap-gib``) and ``variant`` (a ``--tag``, e.g. a
+def load(paths: list[str]) -> dict[str, dict[tuple[str, ...], dict]]:
+    """Iteration JSONs by kind: ``main`` (no memory cap, no ``--tag``) keyed by (config, phase, fast_paths), the
+    newest file winning on duplicates; ``capped`` (``--memory-cap-gib``) and ``variant`` (a ``--tag``, e.g. a
     setting tried) keyed by the file too."""
-    runs: dict[tuple[str, ...], dict] = {}
+    runs: dict[str, dict[tuple[str, ...], dict]] = {"main": {}, "capped": {}, "variant": {}}
     for p in sorted(paths, key=lambda f: Path(f).stat().st_mtime):
         data = json.loads(Path(p).read_text())
         if data.get("benchmark") != "iteration":
             continue
-        run_kind = "capped" if data.get("memory_cap_gib") is not None else "variant" if data.get("tag") else "main"
-        if run_kind != kind:
-            continue
+        kind = "capped" if data.get("memory_cap_gib") is not None else "variant" if data.get("tag") else "main"
         data["_path"] = p
         key = (data["config"], data["phase"], data["fast_paths"])
-        runs[key if kind == "main" else (*key, Path(p).name)] = data
+        runs[kind][key if kind == "main" else (*key, Path(p).name)] = data
     return runs
 
 
@@ -112,17 +110,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json", nargs="+")
     args = p.parse_args()
-    runs = load(args.json)
+    loaded = load(args.json)
+    runs = loaded["main"]
     cards = sorted({r["card"] for r in runs.values()})
     print(f"Card: {', '.join(cards)}; torch {', '.join(sorted({r['torch'] for r in runs.values()}))}\n")
     print(table(runs))
     print("\nWhole prompt (stages 1 + 2 + 3 at their configured iterations, branch-weighted):\n")
     print(whole_prompt(runs))
-    capped = load(args.json, "capped")
+    capped, variants = loaded["capped"], loaded["variant"]
     if capped:
         print("\nUnder a memory cap (PyTorch's allocator limited to the card size named; an OOM fails the run):\n")
         print(other_lines(capped))
-    variants = load(args.json, "variant")
     if variants:
         print("\nVariants (tagged runs: a setting tried, not the default):\n")
         print(other_lines(variants))

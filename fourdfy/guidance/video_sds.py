@@ -47,7 +47,6 @@ class VaeEncoderConfig:
         return self.vae_checkpoint_frames if self.vae_checkpoint else 0
 
 
-
 T = TypeVar("T", Tensor, torch.nn.Module)
 
 
