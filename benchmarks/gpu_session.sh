@@ -5,6 +5,7 @@
 #   tests      the whole test suite on the GPU machine (fast paths compared there against the pure paths)
 #   precision  benchmarks/precision.py (every frozen network, every dtype)
 #   hashgrid   benchmarks/hash_grid.py (the hash grid and its MLP alone, 1 M points, 3-D and 4-D, fast vs torch)
+#   base1 base3  fourdfy_stage_1 / _3, random field, fast paths on only (baselines for memfrac and vaeloop)
 #   s1 s2 s3 vc s3lv vclv   benchmarks/iteration.py on fourdfy_stage_1, _2, _3, _3_vc, _3_low_vram,
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
 #              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on;
@@ -54,6 +55,9 @@ for part in "$@"; do
       tests/guidance/test_cuda_graph.py tests/guidance/test_zeroscope_guidance.py tests/guidance/test_videocrafter_guidance.py ;;
     s3) iter configs/fourdfy_stage_3.yaml ;;
     s3on) iter_on configs/fourdfy_stage_3.yaml ;;
+    base1|base3)  # random field only, fast paths on: the baseline of memfrac / vaeloop in the same call
+      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "configs/fourdfy_stage_${part#base}.yaml" \
+        --phase late --steps "${ITER_STEPS:-20}" --out "$OUT" ;;
     cap24)  # the paper stage-3 configs on an emulated 24 GB card (PyTorch capped at 22 GiB): an OOM fails the run
       for c in configs/fourdfy_stage_3.yaml configs/fourdfy_stage_3_vc.yaml; do
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --memory-cap-gib 22 \

@@ -16,7 +16,9 @@ What it does, in order:
    config, so "off" and "on" differ only in those switches.
 2. Runs the real Lightning training loop, with what ``launch.py`` adds to it (the divergence guard; TensorBoard and
    CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed
-   iterations, ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside), then
+   iterations, ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside; an
+   iteration runs from the end of the previous one, so drawing and copying the batch and the other callbacks'
+   hooks count: "between ms" in the table), then
    ``--breakdown-steps`` iterations in which every phase is synchronised and timed: occupancy update, render
    forward, guidance (VAE encode separately), backward, optimizer, and the rest ("host": data, Lightning, loss
    assembly, logging). Per branch and overall; samples per ray. On CUDA, one more iteration of each branch counts
@@ -44,7 +46,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -323,6 +325,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.syncs: dict[str, int] = {}
             self.sync_sites: dict[str, dict[str, int]] = {}
             self.mode = "warmup"
+            self.prev_end: Optional[float] = None  # when the previous iteration ended (None after a profiled one)
 
         def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
             """``warnings.showwarning`` while counting: tally a synchronising call by its call site (the
@@ -363,7 +366,11 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.profiler = torch.profiler.profile(activities=activities)
                 self.profiler.__enter__()
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
-            self.start = clock.mark()
+            now = clock.mark()
+            # the iteration starts where the previous one ended: drawing the batch and copying it to the device
+            # (Lightning's loop, before this hook) are part of what a training run pays per iteration
+            self.data_seconds = now - self.prev_end if self.prev_end is not None else float("nan")
+            self.start = self.prev_end if self.prev_end is not None else now
             if self.mode == "syncs":  # every synchronising CUDA call of this iteration warns (torch's debug mode)
                 self._caught = warnings.catch_warnings()
                 self._caught.__enter__()
@@ -394,7 +401,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             seconds = end - self.start
             samples = float(trainer.callback_metrics.get("train/num_samples", float("nan")))
             row = {"step": trainer.global_step, "kind": self.kind, "seconds": seconds, "num_samples": samples,
-                   "rays": self.rays, "samples_per_ray": samples / max(self.rays, 1)}  # fmt: skip
+                   "rays": self.rays, "samples_per_ray": samples / max(self.rays, 1),
+                   "data_seconds": self.data_seconds}  # fmt: skip
             if self.mode == "timed":
                 self.rows.append(row)
             elif self.mode == "breakdown":
@@ -422,6 +430,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     ops = sum(e.count for e in averages if e.key.startswith("aten::"))
                     print(f"  aten calls per step (nested calls counted): {ops / args.profile:.0f}")
             clock.on = clock.labels = False
+            # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
+            self.prev_end = None if self.mode == "profile" else clock.mark()
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
             if self._next_mode(batch_idx + 1, "") == "done":
@@ -505,7 +515,9 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
     by_kind = {
         k: {"median": statistics.median(r["seconds"] for r in v), "mean": statistics.mean(r["seconds"] for r in v),
             "n": len(v), "samples_per_ray_median": statistics.median(r["samples_per_ray"] for r in v),
-            "probability": weights.get(k, 0.0)}
+            "probability": weights.get(k, 0.0),
+            # between the previous iteration's end and this one's training_step: batch, copy, hooks of the others
+            "data_seconds_median": statistics.median(r.get("data_seconds", float("nan")) for r in v)}
         for k, v in per_kind.items()
     }  # fmt: skip
     # a branch drawn but not met in the timed steps makes the weighted mean unknown rather than wrong
@@ -597,7 +609,8 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
           f"branch-weighted {m['seconds_per_iter_weighted']:.4f}  peak {peak} GiB  samples/ray {m['samples_per_ray_median']:.1f}"
           f"  -> {max_steps * fraction:.0f} iterations of this stage/phase ~ {hours:.2f} h")  # fmt: skip
     header = " ".join(f"{p:>10}" for p in PHASES)
-    print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} | breakdown (ms): {header}")
+    print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} {'between ms':>10} | breakdown (ms): "
+          f"{header}")  # fmt: skip
     if m.get("host_syncs_by_kind"):
         print("host syncs per iteration (synchronising CUDA calls): "
               + ", ".join(f"{k} {v}" for k, v in m["host_syncs_by_kind"].items()))  # fmt: skip
@@ -606,8 +619,9 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
     for k, v in m["seconds_per_iter_by_kind"].items():
         ph = m["breakdown_by_kind"].get(k)
         cells = " ".join(f"{1000 * ph[p]:>10.1f}" for p in PHASES) if ph else "(no breakdown step drew this branch)"
+        between = 1000 * v.get("data_seconds_median", float("nan"))
         print(f"{k:>12} {v['probability']:>5.2f} {v['n']:>3} {v['median']:>9.4f} {v['samples_per_ray_median']:>11.1f} "
-              f"| {'':>15} {cells}")  # fmt: skip
+              f"{between:>10.1f} | {'':>15} {cells}")  # fmt: skip
 
 
 def main() -> int:
