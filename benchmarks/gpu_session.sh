@@ -10,7 +10,8 @@
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
 #              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s3on: stage 3 fast paths on;
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
-#              (ITER_PROFILE_SORT=cpu sorts it by host time)
+#              (ITER_PROFILE_SORT=cpu sorts it by host time); ITER_PY_PROFILE=N adds N steps under cProfile
+#              (Python functions by host time; also in base1/base3)
 #   cap24      stage 3 (ZeroScope and VideoCrafter2) with PyTorch's GPU memory capped at 22 GiB (a 24 GB card)
 #   vae        benchmarks/vae_encoder.py (the video branch's VAE encoder: layout, cudnn.benchmark, frames per call)
 #   memfrac    system.renderer.checkpoint_memory_fraction=0.5 (skip render checkpointing where it fits): stages 1
@@ -35,7 +36,8 @@ run() { echo "=== $*" | tee -a "$log"; timeout "$1" "${@:2}" 2>&1 | grep -v -E "
 ITER_ARGS=${ITER_ARGS:-}  # e.g. "--min-per-branch 3 --breakdown-steps 2" for a shorter call
 iter_on() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --field both --fit-steps "${FIT_STEPS:-300}" \
-    ${ITER_PROFILE:+--profile "$ITER_PROFILE" --profile-sort "${ITER_PROFILE_SORT:-cuda}"} --out "$OUT"
+    ${ITER_PROFILE:+--profile "$ITER_PROFILE" --profile-sort "${ITER_PROFILE_SORT:-cuda}"} \
+    ${ITER_PY_PROFILE:+--py-profile "$ITER_PY_PROFILE"} --out "$OUT"
 }
 iter_off() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --fast-paths off --out "$OUT"
@@ -57,7 +59,7 @@ for part in "$@"; do
     s3on) iter_on configs/fourdfy_stage_3.yaml ;;
     base1|base3)  # random field only, fast paths on: the baseline of memfrac / vaeloop in the same call
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "configs/fourdfy_stage_${part#base}.yaml" \
-        --phase late --steps "${ITER_STEPS:-20}" --out "$OUT" ;;
+        --phase late --steps "${ITER_STEPS:-20}" ${ITER_PY_PROFILE:+--py-profile "$ITER_PY_PROFILE"} --out "$OUT" ;;
     cap24)  # the paper stage-3 configs on an emulated 24 GB card (PyTorch capped at 22 GiB): an OOM fails the run
       for c in configs/fourdfy_stage_3.yaml configs/fourdfy_stage_3_vc.yaml; do
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --memory-cap-gib 22 \

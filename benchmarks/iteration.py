@@ -36,9 +36,11 @@ occupancy, which is why both fields are reported.
 """
 
 import argparse
+import cProfile
 import dataclasses
 import json
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -322,6 +324,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.rows: list[dict] = []
             self.breakdown: list[dict] = []
             self.profiled = 0
+            self.py_profiled = 0
             self.syncs: dict[str, int] = {}
             self.sync_sites: dict[str, dict[str, int]] = {}
             self.mode = "warmup"
@@ -353,6 +356,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 return "syncs" if kind not in self.syncs else "skip"
             if self.profiled < args.profile:
                 return "profile"
+            if self.py_profiled < args.py_profile:
+                return "pyprofile"
             return "done"
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -365,6 +370,9 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
                 self.profiler = torch.profiler.profile(activities=activities)
                 self.profiler.__enter__()
+            if self.mode == "pyprofile" and self.py_profiled == 0:
+                self.py_profiler = cProfile.Profile()
+                self.py_profiler.enable()
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
             now = clock.mark()
             # the iteration starts where the previous one ended: drawing the batch and copying it to the device
@@ -429,9 +437,14 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                               f"gpu {gpu / 1000 / args.profile:8.1f} ms  calls {event.count}")
                     ops = sum(e.count for e in averages if e.key.startswith("aten::"))
                     print(f"  aten calls per step (nested calls counted): {ops / args.profile:.0f}")
+            elif self.mode == "pyprofile":
+                self.py_profiled += 1
+                if self.py_profiled == args.py_profile:
+                    self.py_profiler.disable()
+                    print_python_profile(self.py_profiler, args.py_profile)
             clock.on = clock.labels = False
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
-            self.prev_end = None if self.mode == "profile" else clock.mark()
+            self.prev_end = None if self.mode in ("profile", "pyprofile") else clock.mark()
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
             if self._next_mode(batch_idx + 1, "") == "done":
@@ -443,7 +456,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=loggers,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer, *callbacks], inference_mode=False, limit_val_batches=0, use_distributed_sampler=False,
-        max_steps=args.warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile + 1, **trainer_cfg,
+        max_steps=args.warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile
+        + args.py_profile + 1, **trainer_cfg,
     )  # fmt: skip
     try:
         trainer.fit(system, datamodule=dm)
@@ -453,6 +467,25 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
     summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
     return summary | {"host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
                       "rank": trainer.global_rank}  # fmt: skip
+
+
+def print_python_profile(profiler: "cProfile.Profile", steps: int, rows: int = 40) -> None:
+    """The functions of ``steps`` iterations run under cProfile, by their own host time and by time inside them
+    (ms per step). On a GPU the host only launches work, so a torch operator's own time is its launch cost and a
+    Python function's is interpreter time: this shows which code keeps the host from launching."""
+    stats = pstats.Stats(profiler)
+    table = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+
+    def short(key: tuple) -> str:
+        path, line, name = key
+        path = path.replace(os.sep, "/").split("site-packages/")[-1]
+        root = str(ROOT).replace(os.sep, "/") + "/"
+        return f"{path[len(root):] if path.startswith(root) else path}:{line} {name}"
+
+    for title, column in (("own time", 2), ("time inside (cumulative)", 3)):
+        print(f"\nPython profile, {steps} steps, by {title} (ms per step, calls per step):")
+        for key, value in sorted(table.items(), key=lambda kv: -kv[1][column])[:rows]:
+            print(f"  {1000 * value[column] / steps:9.2f} ms {value[1] / steps:9.0f}  {short(key)[:110]}")
 
 
 def sync_site(stack: list) -> str:
@@ -637,6 +670,8 @@ def main() -> int:
                         help="the random-weight field, a field fitted to a synthetic object first, or both in turn")
     parser.add_argument("--fit-steps", type=int, default=300, help="photometric fitting steps of the fitted field")
     parser.add_argument("--profile", type=int, default=0, help="profile this many steps after the others")
+    parser.add_argument("--py-profile", type=int, default=0,
+                        help="then run this many steps under cProfile and print the Python functions by host time")
     parser.add_argument("--profile-sort", choices=("cuda", "cpu"), default="cuda",
                         help="sort the profiler table by self GPU time or by self CPU time (launch overhead)")
     parser.add_argument("--count-syncs", action=argparse.BooleanOptionalAction, default=True,
