@@ -370,8 +370,10 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
                 self.profiler = torch.profiler.profile(activities=activities)
                 self.profiler.__enter__()
-            if self.mode == "pyprofile" and self.py_profiled == 0:
-                self.py_profiler = cProfile.Profile()
+            if self.mode == "pyprofile":
+                if self.py_profiled > 0:  # the code between two profiled steps (batch, logging, callbacks)
+                    self.py_between.disable()
+                self.py_profiler = self.py_profiler if self.py_profiled else cProfile.Profile()
                 self.py_profiler.enable()
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
             now = clock.mark()
@@ -438,10 +440,16 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     ops = sum(e.count for e in averages if e.key.startswith("aten::"))
                     print(f"  aten calls per step (nested calls counted): {ops / args.profile:.0f}")
             elif self.mode == "pyprofile":
+                self.py_profiler.disable()
                 self.py_profiled += 1
                 if self.py_profiled == args.py_profile:
-                    self.py_profiler.disable()
-                    print_python_profile(self.py_profiler, args.py_profile)
+                    print_python_profile(self.py_profiler, args.py_profile, "inside the steps")
+                    if args.py_profile > 1:
+                        print_python_profile(self.py_between, args.py_profile - 1, "between the steps (from one "
+                                             "step's end to the next one's start: logging, callbacks, next batch)")
+                else:
+                    self.py_between = self.py_between if self.py_profiled > 1 else cProfile.Profile()
+                    self.py_between.enable()
             clock.on = clock.labels = False
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
             self.prev_end = None if self.mode in ("profile", "pyprofile") else clock.mark()
@@ -469,10 +477,11 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                       "rank": trainer.global_rank}  # fmt: skip
 
 
-def print_python_profile(profiler: "cProfile.Profile", steps: int, rows: int = 40) -> None:
-    """The functions of ``steps`` iterations run under cProfile, by their own host time and by time inside them
-    (ms per step). On a GPU the host only launches work, so a torch operator's own time is its launch cost and a
-    Python function's is interpreter time: this shows which code keeps the host from launching."""
+def print_python_profile(profiler: "cProfile.Profile", steps: int, what: str, rows: int = 40) -> None:
+    """The functions of ``steps`` iterations (or of the gaps between them: ``what`` says) run under cProfile, by
+    their own host time and by time inside them (ms per step). On a GPU the host only launches work, so a torch
+    operator's own time is its launch cost and a Python function's is interpreter time: this shows which code keeps
+    the host from launching."""
     stats = pstats.Stats(profiler)
     table = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
 
@@ -483,7 +492,7 @@ def print_python_profile(profiler: "cProfile.Profile", steps: int, rows: int = 4
         return f"{path[len(root):] if path.startswith(root) else path}:{line} {name}"
 
     for title, column in (("own time", 2), ("time inside (cumulative)", 3)):
-        print(f"\nPython profile, {steps} steps, by {title} (ms per step, calls per step):")
+        print(f"\nPython profile {what}, {steps} steps, by {title} (ms per step, calls per step):")
         for key, value in sorted(table.items(), key=lambda kv: -kv[1][column])[:rows]:
             print(f"  {1000 * value[column] / steps:9.2f} ms {value[1] / steps:9.0f}  {short(key)[:110]}")
 
@@ -514,7 +523,7 @@ def run_callbacks_and_loggers(with_loggers: bool) -> tuple[list, Any, Any]:
         return [DivergenceGuard()], False, None
     from pytorch_lightning.callbacks import LearningRateMonitor
 
-    from fourdfy.run import trial_loggers
+    from fourdfy.loggers import trial_loggers
 
     log_dir = tempfile.TemporaryDirectory(prefix="fourdfy-bench-logs-")
     return [DivergenceGuard(), LearningRateMonitor("step")], trial_loggers(Path(log_dir.name)), log_dir
@@ -691,6 +700,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="the stage's tiny smoke config (configs/smoke/)")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
                         help="emulate a smaller card: cap PyTorch's GPU memory at this many GiB (e.g. 22 for 24 GB)")
+    parser.add_argument("--cpu-threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (the host's tensor work: batches, logging)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--estimate", nargs="+", metavar="JSON", help="only print the whole-prompt estimate")
@@ -715,6 +726,10 @@ def main() -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device; use --device cpu")
+    if args.cpu_threads is not None:
+        if args.cpu_threads < 1:
+            parser.error("--cpu-threads must be at least 1")
+        torch.set_num_threads(args.cpu_threads)
     if args.memory_cap_gib is not None:
         if args.device != "cuda":
             parser.error("--memory-cap-gib needs --device cuda")
@@ -723,6 +738,8 @@ def main() -> int:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), 0)
     variant = "_low_vram" if args.low_vram else ""
+    if args.tiny and args.config:
+        parser.error("--tiny picks configs/smoke/fourdfy_stage_<--stage>_tiny.yaml: give --stage N instead of --config")
     if args.tiny:
         config = ROOT / "configs" / "smoke" / f"fourdfy_stage_{args.stage}_tiny.yaml"
         overrides: list[str] = []
@@ -795,6 +812,7 @@ def main() -> int:
         "seconds_per_iter_weighted": main_m["seconds_per_iter_weighted"],
         "peak_memory_gib": main_m["peak_memory_gib"],
         "memory_cap_gib": args.memory_cap_gib,
+        "cpu_threads": torch.get_num_threads(),
         "loggers": args.loggers,
         "tag": args.tag,
         "extra_overrides": list(args.overrides),

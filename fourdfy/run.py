@@ -296,14 +296,6 @@ def claim_trial(cfg: ExperimentConfig, resolved: dict, args: argparse.Namespace)
     return trial, True
 
 
-def trial_loggers(trial: Path) -> list[Any]:
-    """The loggers every training run writes: TensorBoard in ``{trial}/tb_logs`` and CSV in ``{trial}/csv_logs``
-    (``benchmarks/iteration.py`` uses them too, so that it measures their cost)."""
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    return [TensorBoardLogger(str(trial), name="tb_logs"), CSVLogger(str(trial), name="csv_logs")]
-
-
 def build_trainer(
     cfg: ExperimentConfig, args: argparse.Namespace, trial: Path, system: Any, extra_callbacks: list
 ) -> Any:
@@ -315,6 +307,7 @@ def build_trainer(
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from fourdfy.guards import DivergenceGuard
+    from fourdfy.loggers import trial_loggers
     from fourdfy.progress import StepProgressBar
     from fourdfy.utils.checkpoint_io import AtomicCheckpointIO, clean_stale_temporaries
 

@@ -238,9 +238,10 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
             images = video_sds.frames_to_bchw(rgb.float(), tuple(self.cfg.frame_size)) * 2.0 - 1.0
             images = video_sds.in_layout(images, self.cfg)
             with_grad = video_sds.frame_grad_flags(b, t, k, rgb.device, generator)
-            z = video_sds.encode_frames(
-                moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()
+            frames = video_sds.checkpoint_frames_for(
+                self.cfg, video_sds.grad_frame_count(b, t, k), *images.shape[-2:], dtype.itemsize, rgb.device
             )
+            z = video_sds.encode_frames(moments, images, with_grad, sample, checkpoint_frames=frames)
             return video_sds.frames_to_video(z, b)
 
     def sample_draws(

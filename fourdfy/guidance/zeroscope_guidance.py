@@ -292,9 +292,11 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
             sample = functools.partial(
                 video_sds.vae_posterior_sample, scaling_factor=self.vae.config.scaling_factor, generator=generator
             )
-            z = video_sds.encode_frames(
-                self._encode_moments, images, with_grad, sample, checkpoint_frames=self.cfg.checkpoint_frames()
-            )
+            frames = video_sds.checkpoint_frames_for(
+                self.cfg, video_sds.grad_frame_count(b, t, self.cfg.low_ram_vae), *images.shape[-2:],
+                self.weights_dtype.itemsize, rgb.device,
+            )  # fmt: skip
+            z = video_sds.encode_frames(self._encode_moments, images, with_grad, sample, checkpoint_frames=frames)
         return video_sds.frames_to_video(z, b)
 
     def _encode_moments(self, images: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N C2 h2 w2"]:

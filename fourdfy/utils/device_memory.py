@@ -20,3 +20,13 @@ def available_device_memory(device: torch.device) -> Optional[int]:
     fraction = torch.cuda.get_per_process_memory_fraction(index)
     may_reserve = min(free, max(0, int(fraction * total) - reserved))
     return may_reserve + (reserved - allocated)
+
+
+def fits_in_available_memory(n_bytes: int, device: torch.device, fraction: float) -> bool:
+    """Whether ``n_bytes`` of new activations stay within ``fraction`` of :func:`available_device_memory` on
+    ``device``; the rest is left to what the step allocates afterwards and to the allocator's rounding. False with
+    ``fraction <= 0`` and on a device that cannot be measured (the caller keeps its memory-saving path)."""
+    if fraction <= 0:
+        return False
+    available = available_device_memory(device)
+    return available is not None and n_bytes <= fraction * available

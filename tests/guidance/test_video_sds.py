@@ -126,3 +126,45 @@ def test_all_frames_is_decided_on_the_host_and_matches_the_mask():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     (ga,) = torch.autograd.grad(a.sum(), images)
     torch.testing.assert_close(ga, weight, rtol=0, atol=0)
+
+
+def test_vae_activation_bytes_follows_its_docstring_example():
+    assert video_sds.vae_activation_bytes(16, 320, 576, 6000, 2) == 17_694_720_000
+    assert video_sds.vae_activation_bytes(16, 320, 576, 6000, 4) == 2 * 17_694_720_000  # fp32 counts twice
+
+
+def test_grad_frame_count_follows_low_ram_vae():
+    assert video_sds.grad_frame_count(1, 16, 4) == 4
+    assert video_sds.grad_frame_count(2, 16, -1) == 32
+    assert video_sds.grad_frame_count(2, 16, 16) == 32  # k >= T: every frame
+
+
+def test_checkpoint_frames_skip_only_where_the_activations_fit(monkeypatch):
+    """``vae_checkpoint_memory_fraction``: 0 keeps ``vae_checkpoint``; f > 0 (default 0.5) drops checkpointing only when the
+    estimate fits in f of the available memory; a CPU (nothing measured) and ``vae_checkpoint: false`` are kept."""
+    from fourdfy.utils import device_memory
+
+    cuda = torch.device("cuda")
+    need = video_sds.vae_activation_bytes(16, 320, 576, 6000, 2)
+    cfg = video_sds.VaeEncoderConfig(vae_checkpoint_frames=4, vae_checkpoint_memory_fraction=0.0)
+    monkeypatch.setattr(device_memory, "available_device_memory", lambda device: 4 * need)
+    assert video_sds.checkpoint_frames_for(cfg, 16, 320, 576, 2, cuda) == 4  # fraction 0: as configured
+    cfg = video_sds.VaeEncoderConfig(vae_checkpoint_frames=4, vae_checkpoint_memory_fraction=0.5)
+    assert video_sds.checkpoint_frames_for(cfg, 16, 320, 576, 2, cuda) == 0  # 1/4 of the memory <= 1/2: fits
+    assert video_sds.checkpoint_frames_for(cfg, 16, 320, 576, 4, cuda) == 0  # fp32: 1/2 <= 1/2, still fits
+    assert video_sds.checkpoint_frames_for(cfg, 33, 320, 576, 4, cuda) == 4  # just over: checkpoint
+    monkeypatch.setattr(device_memory, "available_device_memory", lambda device: None)  # a CPU
+    assert video_sds.checkpoint_frames_for(cfg, 1, 8, 8, 2, torch.device("cpu")) == 4
+    off = video_sds.VaeEncoderConfig(vae_checkpoint=False, vae_checkpoint_memory_fraction=0.5)
+    assert video_sds.checkpoint_frames_for(off, 16, 320, 576, 2, cuda) == 0
+
+
+def test_fits_in_available_memory_needs_a_fraction_and_a_measured_device(monkeypatch):
+    from fourdfy.utils import device_memory
+
+    monkeypatch.setattr(device_memory, "available_device_memory", lambda device: 1000)
+    assert device_memory.fits_in_available_memory(500, torch.device("cuda"), 0.5)
+    assert not device_memory.fits_in_available_memory(501, torch.device("cuda"), 0.5)
+    assert not device_memory.fits_in_available_memory(1, torch.device("cuda"), 0.0)
+    monkeypatch.setattr(device_memory, "available_device_memory", lambda device: None)  # not measurable
+    assert not device_memory.fits_in_available_memory(1, torch.device("cpu"), 1.0)

@@ -444,3 +444,20 @@ def test_vae_channels_last_gives_the_same_latents_and_gradients():
         lambda flag: (guidances[flag].vae.encoder, guidances[flag].encode_video),
         torch.rand(2, 4, 6, 8, 3, generator=torch.Generator().manual_seed(3)), torch.randn(2, 4, 4, 2, 3), seed=4,
     )
+
+
+def test_vae_checkpoint_memory_fraction_skips_the_recompute_where_the_activations_fit(monkeypatch):
+    """With ``vae_checkpoint_memory_fraction`` the guidance asks the device for room (patched here: the CPU has no
+    measure): room for the 8 frames' activations -> one encoder call and no recompute; no room -> checkpointed."""
+    from fourdfy.utils import device_memory
+
+    g = make_guidance(vae_checkpoint_frames=3, vae_checkpoint_memory_fraction=0.5)
+    h, w = g.video_size
+    need = video_sds.vae_activation_bytes(8, h, w, g.cfg.vae_checkpoint_bytes_per_pixel, g.weights_dtype.itemsize)
+    for available, expected in ((2 * need, [8]), (2 * need - 1, [2, 2, 3, 3, 3, 3])):
+        monkeypatch.setattr(device_memory, "available_device_memory", lambda device, a=available: a)
+        calls = []
+        hook = g.vae.encoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+        g.encode_video(torch.rand(2, 4, 6, 8, 3, requires_grad=True), torch.Generator().manual_seed(0)).sum().backward()
+        hook.remove()
+        assert sorted(calls) == expected

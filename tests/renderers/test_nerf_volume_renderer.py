@@ -229,7 +229,7 @@ def test_unchunked_render_fits_follows_its_docstring_example():
     [(0.0, 10**12, True), (0.5, 10**12, False), (0.5, 10**3, True), (0.5, None, True)],
 )
 def test_checkpoint_memory_fraction_skips_checkpointing_only_with_room(monkeypatch, fraction, available, checkpoints):
-    """With ``checkpoint_memory_fraction`` a render that fits the memory left is not checkpointed; 0 (the default)
+    """With ``checkpoint_memory_fraction`` (default 0.5) a render that fits the memory left is not checkpointed; 0
     and a device whose memory cannot be read (None: the CPU) keep checkpointing."""
     geo, mat, bg = parts()
     _, ckpt = renderers(geo, mat, bg, checkpoint_samples=200)
