@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on the lent GPU machine: install the carried wheels, print versions, run the named parts.
+# One call on the lent GPU machine: install the carried wheels (made here by `bash benchmarks/gpu_wheels.sh .whl`),
+# print versions, run the named parts.
 #   bash benchmarks/gpu_session.sh tests hashgrid s3 vc s1 s2 estimate
 # writes JSON + a log under $OUT (or benchmarks/results/). Parts:
 #   tests      the whole test suite on the GPU machine (fast paths compared there against the pure paths)

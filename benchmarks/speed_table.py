@@ -67,6 +67,7 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
         "peak GiB (reserved) | samples/ray random (fitted) | s/it, every fast path off | peak GiB off | speed-up |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    marked = False
     for (config, phase, mode), on in sorted(runs.items()):
         if mode != "on":
             continue
@@ -76,13 +77,19 @@ def table(runs: dict[tuple[str, str, str], dict]) -> str:
         branches = ", ".join(f"{SHORT[k]} {kinds[k]['median']:.3f}" for k in SHORT if k in kinds)
         s_off = off["fields"]["random"]["seconds_per_iter_weighted"] if off else None
         speedup = s_off / rnd["seconds_per_iter_weighted"] if off else None
+        # a ratio is a same-call comparison only when both runs measured the same code
+        apart = off is not None and on.get("fourdfy_commit") != off.get("fourdfy_commit")
         name = Path(config).stem + (f" ({phase})" if on["phase_fraction"] < 1 else "")
         lines.append(
             f"| `{name}` | {fmt(rnd['seconds_per_iter_weighted'])} ({fmt(fit['seconds_per_iter_weighted'] if fit else None)}) "
             f"| {branches} | {peak(rnd)} | {fmt(rnd['samples_per_ray_median'], '.1f')} "
             f"({fmt(fit['samples_per_ray_median'] if fit else None, '.1f')}) | {fmt(s_off)} "
-            f"| {peak(off['fields']['random']) if off else '—'} | {fmt(speedup, '.2f')}× |"
+            f"| {peak(off['fields']['random']) if off else '—'} | {fmt(speedup, '.2f')}×{' ‡' if apart else ''} |"
         )  # fmt: skip
+        marked = marked or apart
+    if marked:
+        lines.append("\n‡ fast paths on and off measured at different commits (different calls, and the default "
+                     "settings may have changed in between): not a same-call ratio.")
     return "\n".join(lines)
 
 

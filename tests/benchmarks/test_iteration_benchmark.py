@@ -164,3 +164,21 @@ def test_sync_site_skips_torch_frames_and_shortens_paths():
     lightning = [frame("/venv/lib/python3.12/site-packages/pytorch_lightning/core/module.py", 662, "__to_tensor")]
     assert iteration.sync_site(lightning + stack[1:]) == "pytorch_lightning/core/module.py:662 __to_tensor"
     assert iteration.sync_site(stack[1:]) == "?"
+
+
+def test_speed_table_marks_on_and_off_runs_of_different_commits():
+    """The speed-up column is a same-call ratio only when the fast-paths-on and -off runs measured the same code;
+    runs of different commits get a mark and a footnote saying so."""
+    table = load_benchmark("speed_table").table
+
+    def run(mode: str, seconds: float, commit: str) -> dict:
+        field = {"seconds_per_iter_weighted": seconds, "seconds_per_iter_by_kind": {"multi_view": {"median": seconds}},
+                 "peak_memory_gib": 1.0, "samples_per_ray_median": 10.0}  # fmt: skip
+        return {"config": "configs/fourdfy_stage_1.yaml", "phase": "late", "fast_paths": mode, "phase_fraction": 0.5,
+                "fourdfy_commit": commit, "fields": {"random": field}}  # fmt: skip
+
+    key_on, key_off = ("configs/fourdfy_stage_1.yaml", "late", "on"), ("configs/fourdfy_stage_1.yaml", "late", "off")
+    same = table({key_on: run("on", 0.2, "abc"), key_off: run("off", 0.8, "abc")})
+    apart = table({key_on: run("on", 0.2, "abc"), key_off: run("off", 0.8, "def")})
+    assert "| 4.00× |" in same and "‡" not in same
+    assert "| 4.00× ‡ |" in apart and "not a same-call ratio" in apart

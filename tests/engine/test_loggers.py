@@ -8,10 +8,14 @@ from fourdfy.loggers import ThrottledTensorBoardLogger, trial_loggers
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of every TensorBoard event file under ``log_dir`` (read with tensorboardX's protobufs)."""
+    """The scalars of every TensorBoard event file under ``log_dir``, read with the protobufs of whichever writer
+    Lightning used (tensorboardX, or ``tensorboard`` behind ``torch.utils.tensorboard``)."""
     import struct
 
-    from tensorboardX.proto import event_pb2
+    try:
+        from tensorboardX.proto import event_pb2
+    except ModuleNotFoundError:
+        from tensorboard.compat.proto import event_pb2
 
     out: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(log_dir.rglob("events.out.tfevents.*")):
