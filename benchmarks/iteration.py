@@ -38,6 +38,7 @@ occupancy, which is why both fields are reported.
 import argparse
 import cProfile
 import dataclasses
+import gc
 import json
 import os
 import pstats
@@ -106,6 +107,8 @@ def _guidance_is(slot: str, *types: str) -> Callable[[dict], bool]:
 FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
     FastPathSwitch("system.geometry.pos_encoding_config.implementation", "torch",
                    "hash grid: Triton kernels (auto on CUDA) -> pure PyTorch", lambda tree: True),
+    FastPathSwitch("freeze_gc", "false", "the training loop's objects only in the garbage collector's reach -> all",
+                   lambda tree: True),
     FastPathSwitch("system.geometry.mlp_network_config.precision", "fp32",
                    "field MLPs under the ambient fp16 autocast -> always fp32", lambda tree: True),
     FastPathSwitch("system.renderer.checkpoint_samples", "0",
@@ -292,6 +295,31 @@ class PhaseClock:
         return time.perf_counter()
 
 
+class GcClock:
+    """Seconds the cyclic garbage collector ran (``gc.callbacks``), and its full (generation 2) collections; while
+    installed (a context manager)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._start: Optional[float] = None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+            self.full += info.get("generation") == 2
+
+    def __enter__(self) -> "GcClock":
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.callbacks.remove(self)
+
+
 def install_clock(system, cuda: bool) -> PhaseClock:
     """A :class:`PhaseClock` wrapped around the system's renderer (forward, occupancy update) and guidances (the
     whole call, and the first of :data:`ENCODE_METHODS` each has)."""
@@ -329,6 +357,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.sync_sites: dict[str, dict[str, int]] = {}
             self.mode = "warmup"
             self.prev_end: Optional[float] = None  # when the previous iteration ended (None after a profiled one)
+            self.prev_gc = (0.0, 0)  # the garbage collector's clock there
 
         def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
             """``warnings.showwarning`` while counting: tally a synchronising call by its call site (the
@@ -381,6 +410,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             # (Lightning's loop, before this hook) are part of what a training run pays per iteration
             self.data_seconds = now - self.prev_end if self.prev_end is not None else float("nan")
             self.start = self.prev_end if self.prev_end is not None else now
+            if self.prev_end is None:
+                self.prev_gc = (gc_clock.seconds, gc_clock.full)
             if self.mode == "syncs":  # every synchronising CUDA call of this iteration warns (torch's debug mode)
                 self._caught = warnings.catch_warnings()
                 self._caught.__enter__()
@@ -412,7 +443,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             samples = float(trainer.callback_metrics.get("train/num_samples", float("nan")))
             row = {"step": trainer.global_step, "kind": self.kind, "seconds": seconds, "num_samples": samples,
                    "rays": self.rays, "samples_per_ray": samples / max(self.rays, 1),
-                   "data_seconds": self.data_seconds}  # fmt: skip
+                   "data_seconds": self.data_seconds, "gc_seconds": gc_clock.seconds - self.prev_gc[0],
+                   "gc_full_collections": gc_clock.full - self.prev_gc[1]}  # fmt: skip
             if self.mode == "timed":
                 self.rows.append(row)
             elif self.mode == "breakdown":
@@ -453,13 +485,14 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             clock.on = clock.labels = False
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
             self.prev_end = None if self.mode in ("profile", "pyprofile") else clock.mark()
+            self.prev_gc = (gc_clock.seconds, gc_clock.full)
             if cuda and batch_idx == args.warmup - 1:
                 torch.cuda.reset_peak_memory_stats()
             if self._next_mode(batch_idx + 1, "") == "done":
                 trainer.should_stop = True
 
     timer = Timer()
-    callbacks, loggers, log_dir = run_callbacks_and_loggers(args.loggers)
+    callbacks, loggers, log_dir = run_callbacks_and_loggers(args.loggers, cfg.freeze_gc)
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=loggers,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -468,7 +501,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         + args.py_profile + 1, **trainer_cfg,
     )  # fmt: skip
     try:
-        trainer.fit(system, datamodule=dm)
+        with GcClock() as gc_clock:  # noqa: F841 (read by the Timer's hooks)
+            trainer.fit(system, datamodule=dm)
     finally:
         if log_dir is not None:
             log_dir.cleanup()
@@ -510,23 +544,26 @@ def sync_site(stack: list) -> str:
     return "?"
 
 
-def run_callbacks_and_loggers(with_loggers: bool) -> tuple[list, Any, Any]:
+def run_callbacks_and_loggers(with_loggers: bool, freeze_gc: bool = True) -> tuple[list, Any, Any]:
     """What a training run of ``launch.py`` adds to the loop, so that its cost is in the measurement: the divergence
-    guard (every run) and, ``with_loggers``, TensorBoard and CSV loggers (in a temporary folder, returned to be
-    removed) with the learning-rate monitor; they write every ``trainer.log_every_n_steps`` as in a run. Not
-    included: checkpoint writing (every ``checkpoint.every_n_train_steps``) and the progress bar."""
+    guard (every run), the garbage-collector freeze (``freeze_gc``) and, ``with_loggers``, TensorBoard and CSV
+    loggers (in a temporary folder, returned to be removed) with the learning-rate monitor; they write every
+    ``trainer.log_every_n_steps`` as in a run. Not included: checkpoint writing (every
+    ``checkpoint.every_n_train_steps``) and the progress bar."""
     import tempfile
 
+    from fourdfy.garbage_collection import FreezeSetupObjects
     from fourdfy.guards import DivergenceGuard
 
+    always = [DivergenceGuard()] + ([FreezeSetupObjects()] if freeze_gc else [])
     if not with_loggers:
-        return [DivergenceGuard()], False, None
+        return always, False, None
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from fourdfy.loggers import trial_loggers
 
     log_dir = tempfile.TemporaryDirectory(prefix="fourdfy-bench-logs-")
-    return [DivergenceGuard(), LearningRateMonitor("step")], trial_loggers(Path(log_dir.name)), log_dir
+    return [*always, LearningRateMonitor("step")], trial_loggers(Path(log_dir.name)), log_dir
 
 
 def strategy(args, cuda: bool) -> Any:
@@ -559,7 +596,10 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
             "n": len(v), "samples_per_ray_median": statistics.median(r["samples_per_ray"] for r in v),
             "probability": weights.get(k, 0.0),
             # between the previous iteration's end and this one's training_step: batch, copy, hooks of the others
-            "data_seconds_median": statistics.median(r.get("data_seconds", float("nan")) for r in v)}
+            "data_seconds_median": statistics.median(r.get("data_seconds", float("nan")) for r in v),
+            # the collector runs now and then: its mean share of an iteration, and its full collections
+            "gc_seconds_mean": statistics.mean(r.get("gc_seconds", float("nan")) for r in v),
+            "gc_full_collections": sum(r.get("gc_full_collections", 0) for r in v)}
         for k, v in per_kind.items()
     }  # fmt: skip
     # a branch drawn but not met in the timed steps makes the weighted mean unknown rather than wrong
@@ -651,7 +691,8 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
           f"branch-weighted {m['seconds_per_iter_weighted']:.4f}  peak {peak} GiB  samples/ray {m['samples_per_ray_median']:.1f}"
           f"  -> {max_steps * fraction:.0f} iterations of this stage/phase ~ {hours:.2f} h")  # fmt: skip
     header = " ".join(f"{p:>10}" for p in PHASES)
-    print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} {'between ms':>10} | breakdown (ms): "
+    print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} {'between ms':>10} {'gc ms':>6} "
+          f"{'full gc':>7} | breakdown (ms): "
           f"{header}")  # fmt: skip
     if m.get("host_syncs_by_kind"):
         print("host syncs per iteration (synchronising CUDA calls): "
@@ -663,7 +704,8 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
         cells = " ".join(f"{1000 * ph[p]:>10.1f}" for p in PHASES) if ph else "(no breakdown step drew this branch)"
         between = 1000 * v.get("data_seconds_median", float("nan"))
         print(f"{k:>12} {v['probability']:>5.2f} {v['n']:>3} {v['median']:>9.4f} {v['samples_per_ray_median']:>11.1f} "
-              f"{between:>10.1f} | {'':>15} {cells}")  # fmt: skip
+              f"{between:>10.1f} {1000 * v.get('gc_seconds_mean', float('nan')):>6.1f} "
+              f"{v.get('gc_full_collections', 0):>7} | {'':>15} {cells}")  # fmt: skip
 
 
 def main() -> int:

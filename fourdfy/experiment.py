@@ -238,6 +238,10 @@ class ExperimentConfig:
     """Number of GPUs, set from ``--gpu``."""
     resume: Optional[str] = None
     """Continue a run from this Lightning checkpoint (full training state, same stage)."""
+    freeze_gc: bool = True
+    """When training starts, move every Python object alive (the networks, their configs) out of the cyclic garbage
+    collector's reach (:mod:`fourdfy.garbage_collection`): its collections then walk only what the loop creates.
+    Changes no number; false leaves the collector as Python sets it."""
     data_type: str = ""
     """Registered data module type."""
     data: dict = child_slot("datamodule", "data_type")

@@ -306,6 +306,7 @@ def build_trainer(
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from fourdfy.garbage_collection import FreezeSetupObjects
     from fourdfy.guards import DivergenceGuard
     from fourdfy.loggers import trial_loggers
     from fourdfy.progress import StepProgressBar
@@ -344,6 +345,8 @@ def build_trainer(
         except (MisconfigurationException, ValueError, TypeError) as e:
             raise ConfigError(f"checkpoint: {e}") from None
         callbacks += [DivergenceGuard(ckpts), checkpoint, LearningRateMonitor("step")]
+        if cfg.freeze_gc:
+            callbacks.append(FreezeSetupObjects())
         loggers = trial_loggers(trial)
         if system.cfg.loggers.wandb.enable:
             from pytorch_lightning.loggers import WandbLogger
