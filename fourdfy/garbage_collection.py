@@ -1,9 +1,10 @@
 """Python's cyclic garbage collector and a training loop that holds four diffusion networks.
 
-A stage-3 system is some 550,000 Python objects that the collector tracks (every ``nn.Module`` with its dicts,
-every parameter, the diffusers configs): one full collection walks them all, about 200 ms on a CI core
-(``tests/engine/test_garbage_collection.py`` counts them on a small system; ``benchmarks/iteration.py`` reports the
-collections' time per iteration). Those objects live as long as the run, so walking them finds nothing.
+A stage-3 training process holds some 550,000 Python objects that the collector tracks (about 190,000 from the
+imports, the rest from building the system; the tiny smoke system has nearly as many, so few of them are the
+networks' tensors): one full collection walks them all, about 200 ms on a CI core (``python
+benchmarks/gc_objects.py``; ``benchmarks/iteration.py`` reports the collections' time per iteration). Those objects
+live as long as the run, so walking them finds nothing.
 :class:`FreezeSetupObjects` collects once when training starts and moves every object alive then to the permanent
 generation (:func:`gc.freeze`): later collections walk only what the training loop itself creates. Nothing is
 changed numerically. The price: a setup object that becomes unreachable later, inside a reference cycle, stays in
