@@ -107,6 +107,8 @@ def _guidance_is(slot: str, *types: str) -> Callable[[dict], bool]:
 FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
     FastPathSwitch("system.geometry.pos_encoding_config.implementation", "torch",
                    "hash grid: Triton kernels (auto on CUDA) -> pure PyTorch", lambda tree: True),
+    FastPathSwitch("data.rays_on_device", "false", "camera rays built on the training device -> on the CPU, copied",
+                   lambda tree: tree.get("data_type") == "single-multiview-combined-camera-datamodule"),
     FastPathSwitch("freeze_gc", "false", "the training loop's objects only in the garbage collector's reach -> all",
                    lambda tree: True),
     FastPathSwitch("system.geometry.mlp_network_config.precision", "fp32",

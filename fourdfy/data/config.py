@@ -18,6 +18,10 @@ class CombinedCameraDataConfig:
     """Single-view / video cameras; also defines the evaluation cameras."""
     multi_view: RandomMultiviewCameraConfig = dataclasses.field(default_factory=RandomMultiviewCameraConfig)
     """Multi-view cameras."""
+    rays_on_device: bool = True
+    """Build the training batches' rays (``rays_o``, ``rays_d``: ``B x H x W x 3`` each) on the device that trains,
+    from the few camera numbers drawn on the CPU, instead of building them on the CPU and copying them there (false).
+    Same values up to the devices' rounding; evaluation cameras are built on the CPU either way."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prob_multi_view <= 1.0:

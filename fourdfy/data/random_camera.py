@@ -11,6 +11,7 @@ from torch import Tensor
 from fourdfy.config import ConfigError, choice, ranged
 from fourdfy.data import cameras as cam
 from fourdfy.data.batch import BatchKind, CameraBatch
+from fourdfy.utils.transfer import to_device
 
 
 @dataclasses.dataclass
@@ -105,9 +106,11 @@ def make_batch(
     position_noise: Optional[Float[Tensor, "B 3"]] = None,
     index: Optional[Tensor] = None,
     times_video: Optional[Tensor] = None,
+    ray_device: Optional[torch.device] = None,
 ) -> CameraBatch:
     """Build a :class:`CameraBatch` from camera parameters (the shared tail of every sampler); every camera is
-    rendered at each of ``times``."""
+    rendered at each of ``times``. The per-pixel rays are computed on ``ray_device`` (default: where the camera
+    parameters are), everything else where the parameters are."""
     b = elevation.shape[0]
     positions = cam.spherical_to_position(elevation, azimuth, distance)
     if position_noise is not None:
@@ -116,7 +119,12 @@ def make_batch(
     up = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3) if up is None else up
     c2w = cam.look_at_c2w(positions, center, up)
     focal = cam.focal_from_fovy(fovy, height)
-    rays_o, rays_d = cam.rays_from_c2w(cam.camera_ray_directions(height, width, focal), c2w)
+    if ray_device is not None and torch.device(ray_device) != c2w.device:
+        rays_o, rays_d = cam.rays_from_c2w(
+            cam.camera_ray_directions(height, width, to_device(focal, ray_device)), to_device(c2w, ray_device)
+        )
+    else:
+        rays_o, rays_d = cam.rays_from_c2w(cam.camera_ray_directions(height, width, focal), c2w)
     mvp = cam.mvp_matrix(c2w, cam.projection_matrix(fovy, width / height))
     return CameraBatch(
         rays_o=rays_o,
@@ -143,6 +151,8 @@ class RandomCameraSampler:
 
     def __init__(self, cfg: RandomCameraConfig) -> None:
         self.cfg = cfg
+        self.ray_device: Optional[torch.device] = None
+        """Where :func:`make_batch` builds the rays (None: on the CPU, with the camera parameters)."""
         self.height = phase_value(cfg.height, cfg.resolution_milestones, 0)
         self.width = phase_value(cfg.width, cfg.resolution_milestones, 0)
         self.batch_size = phase_value(cfg.batch_size, cfg.resolution_milestones, 0)
@@ -209,5 +219,5 @@ class RandomCameraSampler:
         light = cam.light_positions_dreamfusion(positions, c.light_distance_range, c.light_position_perturb)
         return make_batch(
             elevation, azimuth, distance, fovy, height, width, times, kind,
-            light_positions=light, center=center, up=up, position_noise=noise,
+            light_positions=light, center=center, up=up, position_noise=noise, ray_device=self.ray_device,
         )  # fmt: skip

@@ -7,6 +7,7 @@ evaluation cameras.
 """
 
 from collections.abc import Iterator
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +34,10 @@ class TrainCameraStream(IterableDataset):
     def update_step(self, global_step: int) -> None:
         self.single.update_step(global_step)
         self.multi.update_step(global_step)
+
+    def place_rays(self, device: Optional[torch.device]) -> None:
+        """Build the batches' rays on ``device`` from now on (None: on the CPU)."""
+        self.single.ray_device = self.multi.ray_device = device
 
     def sample(self) -> CameraBatch:
         """Toss the branch coin and draw one batch."""
@@ -73,7 +78,11 @@ class SingleMultiviewCombinedCameraDataModule(pl.LightningDataModule, Configurab
         self.train_stream.update_step(global_step)
 
     def train_dataloader(self) -> DataLoader:
-        # workers must stay 0: the samplers' resolution changes at run time
+        # rays_on_device: the device of this rank (known once a trainer holds the module); CPU rays otherwise
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if self.cfg.rays_on_device and trainer is not None else None
+        self.train_stream.place_rays(device)
+        # workers must stay 0: the samplers' resolution changes at run time (and the rays may be built on the GPU)
         return DataLoader(self.train_stream, batch_size=None, num_workers=0)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -130,3 +130,47 @@ def test_batch_to_cuda_goes_through_pinned_memory_with_equal_values():
             assert dev.device.type == "cuda"
             torch.testing.assert_close(dev.cpu(), host, rtol=0, atol=0)
         assert moved.kind == batch.kind and moved.height == batch.height
+
+
+def _draw(dm, n: int, seed: int = 0) -> list:
+    torch.manual_seed(seed)
+    return [dm.train_stream.sample() for _ in range(n)]
+
+
+def test_rays_are_built_where_the_trainer_trains_and_nothing_else_moves():
+    """``data.rays_on_device``: the training loader builds the rays on the rank's device (``meta`` here stands in for
+    a GPU: it shows where they were made) while the camera numbers stay on the CPU; false, or no trainer, keeps
+    everything on the CPU."""
+    from types import SimpleNamespace
+
+    for on, device, expected in ((True, torch.device("meta"), "meta"), (False, torch.device("meta"), "cpu"),
+                                 (True, None, "cpu")):  # fmt: skip
+        dm = _video_dm()
+        dm.cfg.rays_on_device = on
+        if device is not None:
+            dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device))
+        batch = next(iter(dm.train_dataloader()))
+        assert batch.rays_o.device.type == batch.rays_d.device.type == expected
+        assert batch.c2w.device.type == batch.fovy.device.type == "cpu"
+        assert batch.rays_d.shape[1:3] == (batch.height, batch.width)
+
+
+def test_rays_on_another_device_draw_the_same_cameras():
+    """Placing the rays elsewhere changes no random draw: the same seed gives the same cameras and, on the CPU, the
+    same rays bit for bit."""
+    plain, placed = _video_dm(), _video_dm()
+    placed.train_stream.place_rays(torch.device("cpu"))
+    for a, b in zip(_draw(plain, 6), _draw(placed, 6)):
+        assert a.kind == b.kind
+        for name in ("rays_o", "rays_d", "c2w", "fovy", "times"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares rays built on a CUDA device with the CPU's")
+def test_rays_built_on_cuda_match_the_cpu_rays():
+    plain, placed = _video_dm(), _video_dm()
+    placed.train_stream.place_rays(torch.device("cuda"))
+    for a, b in zip(_draw(plain, 6), _draw(placed, 6)):
+        assert b.rays_d.device.type == "cuda" and b.c2w.device.type == "cpu"
+        torch.testing.assert_close(b.rays_o.cpu(), a.rays_o, rtol=0, atol=1e-6)
+        torch.testing.assert_close(b.rays_d.cpu(), a.rays_d, rtol=0, atol=1e-6)
