@@ -119,12 +119,10 @@ def make_batch(
     up = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3) if up is None else up
     c2w = cam.look_at_c2w(positions, center, up)
     focal = cam.focal_from_fovy(fovy, height)
-    if ray_device is not None and torch.device(ray_device) != c2w.device:
-        rays_o, rays_d = cam.rays_from_c2w(
-            cam.camera_ray_directions(height, width, to_device(focal, ray_device)), to_device(c2w, ray_device)
-        )
-    else:
-        rays_o, rays_d = cam.rays_from_c2w(cam.camera_ray_directions(height, width, focal), c2w)
+    at = c2w.device if ray_device is None else ray_device  # to_device is a no-op where the tensor already is
+    rays_o, rays_d = cam.rays_from_c2w(
+        cam.camera_ray_directions(height, width, to_device(focal, at)), to_device(c2w, at)
+    )
     mvp = cam.mvp_matrix(c2w, cam.projection_matrix(fovy, width / height))
     return CameraBatch(
         rays_o=rays_o,

@@ -27,7 +27,7 @@ from fourdfy.config import ConfigError, child_slot, choice, ranged
 from fourdfy.data.batch import CameraBatch
 from fourdfy.registry import register
 from fourdfy.renderers.base import RenderOutput, Renderer
-from fourdfy.utils.device_memory import available_device_memory
+from fourdfy.utils.device_memory import fits_in_available_memory
 from fourdfy.utils.tensor_fields import cat_tensors, scatter_tensors
 from fourdfy.renderers.occupancy_grid import OccupancyGrid
 from fourdfy.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
@@ -92,15 +92,6 @@ def with_background(
     }
 
 
-def unchunked_render_fits(n_samples: int, bytes_per_sample: int, available_bytes: int, fraction: float) -> bool:
-    """Whether a render of ``n_samples`` without checkpointing, at ``bytes_per_sample`` at its peak, stays within
-    ``fraction`` of ``available_bytes``; the rest is left to what the step does after rendering (the guidance's
-    networks and VAE) and to the allocator's rounding.
-
-    Example: 12.4 M samples at 3500 bytes (43.4 GB) fit in half of 120 GB, not in half of 10 GB."""
-    return n_samples * bytes_per_sample <= fraction * available_bytes
-
-
 def ray_groups(ray_indices: Int[Tensor, "S"], n_rays: int, group_samples: int) -> list[tuple[int, int, int, int]]:
     """Split packed samples (sorted by ray) into groups of whole, contiguous rays of about ``group_samples``
     samples each; returns ``(first_ray, end_ray, first_sample, end_sample)`` per group (ends exclusive).
@@ -162,7 +153,7 @@ class NeRFVolumeRenderer(Renderer):
         checkpoint_memory_fraction: float = ranged(0.5, ge=0.0, le=1.0)
         """``f > 0`` (default 0.5): on a CUDA device, render without checkpointing when its estimated peak (samples x
         ``checkpoint_bytes_per_sample``) is at most ``f`` of the memory PyTorch can still use there
-        (:func:`unchunked_render_fits`): a large card skips the extra shading forward of the recompute, a small one
+        (:func:`~fourdfy.utils.device_memory.fits_in_available_memory`): a large card skips the extra shading forward of the recompute, a small one
         still checkpoints. 0: checkpoint every training render above ``checkpoint_samples``. Measured in one call on
         an H200 (random field, ``benchmarks/results/iteration_*_memfrac0.5_*``): stage 1 0.252 -> 0.208 s/it (peak
         7.2 -> 19.2 GiB), stage 3 0.331 -> 0.286; under a 22 GiB cap stage 3 checkpoints as before (14.4 GiB)."""
@@ -261,14 +252,9 @@ class NeRFVolumeRenderer(Renderer):
 
     def fits_unchunked(self, n_samples: int, like: Tensor) -> bool:
         """Whether a render of ``n_samples`` may skip checkpointing (``checkpoint_memory_fraction``) on the device
-        of ``like``."""
-        fraction = self.cfg.checkpoint_memory_fraction
-        if fraction <= 0:
-            return False
-        available = available_device_memory(like.device)
-        return available is not None and unchunked_render_fits(
-            n_samples, self.cfg.checkpoint_bytes_per_sample, available, fraction
-        )
+        of ``like``: its estimated peak, ``n_samples x checkpoint_bytes_per_sample``, fits there."""
+        n_bytes = n_samples * self.cfg.checkpoint_bytes_per_sample
+        return fits_in_available_memory(n_bytes, like.device, self.cfg.checkpoint_memory_fraction)
 
     def shade_and_composite_checkpointed(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,

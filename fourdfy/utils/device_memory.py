@@ -25,7 +25,10 @@ def available_device_memory(device: torch.device) -> Optional[int]:
 def fits_in_available_memory(n_bytes: int, device: torch.device, fraction: float) -> bool:
     """Whether ``n_bytes`` of new activations stay within ``fraction`` of :func:`available_device_memory` on
     ``device``; the rest is left to what the step allocates afterwards and to the allocator's rounding. False with
-    ``fraction <= 0`` and on a device that cannot be measured (the caller keeps its memory-saving path)."""
+    ``fraction <= 0`` and on a device that cannot be measured (the caller keeps its memory-saving path).
+
+    Example: a render of 12.4 M samples at 3500 bytes (43.4 GB) fits in half of 120 GB available, not in half of
+    10 GB."""
     if fraction <= 0:
         return False
     available = available_device_memory(device)

@@ -11,14 +11,13 @@ from fourdfy.data.batch import BatchKind
 from fourdfy.data.random_camera import make_batch
 from fourdfy.geometry.implicit_volume import ImplicitVolume
 from fourdfy.materials.no_material import NoMaterial
-from fourdfy.renderers import nerf_volume_renderer
 from fourdfy.renderers.nerf_volume_renderer import (
     MaskNeRFVolumeRenderer,
     NeRFVolumeRenderer,
     StableNeRFVolumeRenderer,
     ray_groups,
-    unchunked_render_fits,
 )
+from fourdfy.utils import device_memory
 from fourdfy.utils.device_memory import available_device_memory
 
 FIELDS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "deformation")
@@ -218,10 +217,14 @@ def test_checkpoint_samples_is_parsed_and_checked():
         NeRFVolumeRenderer({"checkpoint_samples": -1}, geo, mat, bg)
 
 
-def test_unchunked_render_fits_follows_its_docstring_example():
-    assert unchunked_render_fits(12_400_000, 3500, 120 * 10**9, 0.5)
-    assert not unchunked_render_fits(12_400_000, 3500, 10 * 10**9, 0.5)
-    assert unchunked_render_fits(10, 100, 2000, 0.5) and not unchunked_render_fits(11, 100, 2000, 0.5)
+def test_fits_in_available_memory_follows_its_docstring_example(monkeypatch):
+    def fits(n_samples: int, bytes_per_sample: int, available: int, fraction: float) -> bool:
+        monkeypatch.setattr(device_memory, "available_device_memory", lambda device: available)
+        return device_memory.fits_in_available_memory(n_samples * bytes_per_sample, torch.device("cuda"), fraction)
+
+    assert fits(12_400_000, 3500, 120 * 10**9, 0.5)
+    assert not fits(12_400_000, 3500, 10 * 10**9, 0.5)
+    assert fits(10, 100, 2000, 0.5) and not fits(11, 100, 2000, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -234,7 +237,7 @@ def test_checkpoint_memory_fraction_skips_checkpointing_only_with_room(monkeypat
     geo, mat, bg = parts()
     _, ckpt = renderers(geo, mat, bg, checkpoint_samples=200)
     ckpt.cfg.checkpoint_memory_fraction = fraction
-    monkeypatch.setattr(nerf_volume_renderer, "available_device_memory", lambda device: available)
+    monkeypatch.setattr(device_memory, "available_device_memory", lambda device: available)
     calls = count_group_calls(ckpt)
     out = ckpt(video_batch())
     out.comp_rgb.sum().backward()
