@@ -9,7 +9,7 @@
 #   base1 base3  fourdfy_stage_1 / _3, random field, fast paths on only (baselines for memfrac and vaeloop)
 #   s1 s2 s3 vc s3lv vclv   benchmarks/iteration.py on fourdfy_stage_1, _2, _3, _3_vc, _3_low_vram,
 #              _3_low_vram_vc: fast paths on (random and fitted field) then off (random field); stages 1 and 2
-#              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s1on/s3on: fast paths on only;
+#              s1early/s2early: their early phase (64^2 multi-view), fast paths on only; s1on/s2on/s3on: fast paths on only; s1off: off only;
 #              s3lv and vclv: fast paths on only. ITER_PROFILE=N adds a torch.profiler table of N steps
 #              (ITER_PROFILE_SORT=cpu sorts it by host time); ITER_PY_PROFILE=N adds N steps under cProfile
 #              (Python functions by host time; also in base1/base3)
@@ -19,6 +19,8 @@
 #              and 3 on the whole card, stage 3 under the 22 GiB cap (tagged runs: speed_table lists them apart)
 #   vaemem     system.guidance_video.vae_checkpoint_memory_fraction=0.5 (skip the VAE encoder's recompute where it
 #              fits): stage 3, then with memfrac's setting too, then both under the 22 GiB cap (tagged runs)
+#   levers1 levers2 levers3  one stage (random field, fast paths on), then tagged runs with the field MLPs in fp32
+#              (mlpfp32) and with the optimizer unfused (unfused)
 #   threads    stage 3 with --cpu-threads 4 (torch's host threads for the camera batches; tagged run beside base3)
 #   vaeloop    stage 3 with the video guidances' VAE encoder channels-last, then with cuDNN's algorithm search
 #              (trainer.benchmark=true): tagged runs beside the plain s3on
@@ -56,6 +58,8 @@ for part in "$@"; do
     s1) iter configs/fourdfy_stage_1.yaml --phase late ;;
     s2) iter configs/fourdfy_stage_2.yaml --phase late ;;
     s1on) iter_on configs/fourdfy_stage_1.yaml --phase late ;;
+    s2on) iter_on configs/fourdfy_stage_2.yaml --phase late ;;
+    s1off) iter_off configs/fourdfy_stage_1.yaml --phase late ;;
     s1early) iter_on configs/fourdfy_stage_1.yaml --phase early ;;
     s2early) iter_on configs/fourdfy_stage_2.yaml --phase early ;;
     guidancetests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_vsd_guidance.py \
@@ -97,6 +101,14 @@ for part in "$@"; do
     threads)  # stage 3 with 4 CPU threads for torch's host-side tensor work (camera batches): a tagged run beside base3
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
         --steps "${ITER_STEPS:-20}" --cpu-threads 4 --tag threads4 --out "$OUT" ;;
+    levers1|levers2|levers3)  # one stage, random field, fast paths on, then with one lever off at a time (tagged runs):
+      # the field MLPs in fp32 (mlpfp32) and the optimizer's default implementation (unfused)
+      c="configs/fourdfy_stage_${part#levers}.yaml"; ph=$([ "${part#levers}" = 3 ] || echo "--phase late")
+      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" --out "$OUT"
+      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
+        --tag mlpfp32 --out "$OUT" system.geometry.mlp_network_config.precision=fp32
+      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
+        --tag unfused --out "$OUT" system.optimizer.fused=false ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;
     estimate)

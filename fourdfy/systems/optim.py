@@ -34,6 +34,10 @@ class OptimizerConfig:
     """Keyword arguments of the optimizer (checked against its signature)."""
     params: dict = dataclasses.field(default_factory=dict)
     """Parameter groups: ``{attribute.path: {lr: ..., ...}}``."""
+    fused: bool = True
+    """On CUDA, step with torch's fused implementation of the optimizer (one kernel over all parameters instead of
+    several per tensor list; same update up to rounding) when it has one and ``args`` sets neither ``fused`` nor
+    ``foreach``. false: torch's default implementation. A fast path (``benchmarks/iteration.py`` turns it off)."""
     ungrouped_params: str = choice("freeze", ("freeze", "error"), "Trainable parameters in no group.")
     """Trainable parameters in no group: ``freeze`` them with one warning (4D-fy's behaviour: untrained), or
     ``error`` (refuse the config)."""
@@ -125,7 +129,19 @@ def build_optimizer(system: nn.Module, cfg: OptimizerConfig, key: str = "system.
             "%s.params: trainable parameters in no optimizer group are frozen (left untrained, as 4D-fy does): %s. "
             "Add a group to train them, or set %s.ungrouped_params=error to refuse such configs.", key, summary, key,
         )  # fmt: skip
-    return opt_cls(groups, **cfg.args)
+    args = dict(cfg.args)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    if use_fused(opt_cls, cfg, devices):
+        args["fused"] = True
+    return opt_cls(groups, **args)
+
+
+def use_fused(opt_cls: type, cfg: OptimizerConfig, devices: set[str]) -> bool:
+    """Whether :func:`build_optimizer` asks ``opt_cls`` for its fused implementation: ``cfg.fused`` is on, the class
+    takes a ``fused`` argument, ``cfg.args`` chose no implementation itself, and every parameter is on CUDA."""
+    takes_fused = "fused" in inspect.signature(opt_cls.__init__).parameters
+    chosen = "fused" in cfg.args or "foreach" in cfg.args
+    return cfg.fused and takes_fused and not chosen and devices == {"cuda"}
 
 
 def summarize_parameters(named: list[tuple[str, nn.Parameter]], depth: int = 2) -> str:
