@@ -19,8 +19,7 @@
 #              and 3 on the whole card, stage 3 under the 22 GiB cap (tagged runs: speed_table lists them apart)
 #   vaemem     system.guidance_video.vae_checkpoint_memory_fraction=0.5 (skip the VAE encoder's recompute where it
 #              fits): stage 3, then with memfrac's setting too, then both under the 22 GiB cap (tagged runs)
-#   levers1 levers2 levers3  one stage (random field, fast paths on), then tagged runs with the field MLPs in fp32
-#              (mlpfp32) and with the optimizer unfused (unfused)
+#   levers1 levers2 levers3  one stage (random field, fast paths on), then a tagged run with the optimizer unfused
 #   threads    stage 3 with --cpu-threads 4 (torch's host threads for the camera batches; tagged run beside base3)
 #   vaeloop    stage 3 with the video guidances' VAE encoder channels-last, then with cuDNN's algorithm search
 #              (trainer.benchmark=true): tagged runs beside the plain s3on
@@ -101,12 +100,10 @@ for part in "$@"; do
     threads)  # stage 3 with 4 CPU threads for torch's host-side tensor work (camera batches): a tagged run beside base3
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
         --steps "${ITER_STEPS:-20}" --cpu-threads 4 --tag threads4 --out "$OUT" ;;
-    levers1|levers2|levers3)  # one stage, random field, fast paths on, then with one lever off at a time (tagged runs):
-      # the field MLPs in fp32 (mlpfp32) and the optimizer's default implementation (unfused)
+    levers1|levers2|levers3)  # one stage, random field, fast paths on, then with the optimizer's default
+      # implementation (unfused, a tagged run)
       c="configs/fourdfy_stage_${part#levers}.yaml"; ph=$([ "${part#levers}" = 3 ] || echo "--phase late")
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" --out "$OUT"
-      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
-        --tag mlpfp32 --out "$OUT" system.geometry.mlp_network_config.precision=fp32
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
         --tag unfused --out "$OUT" system.optimizer.fused=false ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;

@@ -112,7 +112,7 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
     FastPathSwitch("freeze_gc", "false", "the training loop's objects only in the garbage collector's reach -> all",
                    lambda tree: True),
     FastPathSwitch("system.geometry.mlp_network_config.precision", "fp32",
-                   "field MLPs in fp16 (loss-scaled backward; under 16-mixed the ambient autocast) -> always fp32", lambda tree: True),
+                   "field MLPs under the ambient fp16 autocast -> always fp32", lambda tree: True),
     FastPathSwitch("system.optimizer.fused", "false", "fused optimizer step on CUDA -> torch's default (foreach)",
                    lambda tree: True),
     FastPathSwitch("system.renderer.checkpoint_samples", "0",

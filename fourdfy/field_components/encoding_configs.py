@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 _logged_inert: set[str] = set()
 
-MLP_PRECISIONS = ("auto", "autocast", "fp16", "fp32")
+MLP_PRECISIONS = ("auto", "autocast", "fp32")
 """Values of a network dict's ``precision`` (see :class:`VanillaMLPConfig`)."""
 
 
@@ -118,13 +118,11 @@ class VanillaMLPConfig:
     output_activation: Optional[str] = "none"
     bias: bool = False
     precision: str = choice("auto", MLP_PRECISIONS, "precision of the linear layers (project extension)")
-    """Precision of the linear layers (this project's key; 4D-fy's tcnn ``FullyFusedMLP`` always ran fp16, with
-    tcnn's loss scale of 128). ``auto``: on CUDA fp16 with that loss scale, or, inside an autocast region
-    (``trainer.precision: 16-mixed``), the ambient autocast with Lightning's GradScaler guarding the backward; off
-    CUDA fp32 with autocast disabled. ``fp16``: fp16 with the loss scale on every device. ``autocast``: follow the
-    ambient autocast on every device (e.g. CPU bf16), fp32 without one. ``fp32``: always fp32 with autocast
-    disabled (the behaviour before this key). Outputs are float32 in every mode; parameters stay fp32
-    (``fourdfy/field_components/networks.py``)."""
+    """Precision of the linear layers (this project's key; 4D-fy's tcnn ``FullyFusedMLP`` always ran fp16).
+    ``auto``: on CUDA the layers follow the ambient autocast (``trainer.precision: 16-mixed`` runs them in fp16,
+    the GradScaler guarding the backward; no autocast: fp32); off CUDA they run in fp32 with autocast disabled.
+    ``autocast``: follow the ambient autocast on every device (e.g. CPU bf16). ``fp32``: always fp32 with autocast
+    disabled (the behaviour before this key). Outputs are float32 in every mode; parameters stay fp32."""
 
     def __post_init__(self) -> None:
         _positive("n_neurons", self.n_neurons)

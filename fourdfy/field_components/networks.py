@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -30,16 +29,12 @@ class VanillaMLP(nn.Module):
     state-dict layout of 4D-fy checkpoints (``precision`` adds no parameter or buffer). Biases are off by default,
     as in threestudio.
 
-    Precision (:func:`mlp_mode`): with ``precision="fp32"``, and with ``"auto"`` off CUDA, the MLP runs in the
-    weights' dtype (float32) with autocast disabled, so mixed-precision training does not change it. ``"fp16"``
-    runs the GEMMs in fp16 with fp32 accumulation on any device, in an autocast region of its own, with the backward
-    loss-scaled as 4D-fy's tcnn ``FullyFusedMLP`` did (:data:`FP16_GRAD_SCALE`: the gradient entering the MLP is
-    multiplied by it before the fp16 GEMMs and the input and weight gradients divided by it after, in fp32, so
-    that small per-sample gradients do not flush to fp16 zeros). ``"auto"`` on CUDA follows an ambient autocast
-    where one is active (Lightning's ``16-mixed``: the GradScaler guards the backward) and is ``"fp16"`` where none
-    is (``trainer.precision: 32``, stages 1-2 and the paper stage 3); ``"autocast"`` follows the ambient autocast on
-    every device and is fp32 without one. ``auto`` leaves CPU alone because CPU autocast means bf16 (8 significand
-    bits, coarser than fp16's 11) and small reduced-precision GEMMs are often no faster on CPUs without matrix
+    Precision (:func:`runs_reduced`): with ``precision="fp32"``, and with ``"auto"`` off CUDA, the MLP runs in the
+    weights' dtype (float32) with autocast disabled, so mixed-precision training does not change it. With ``"auto"``
+    on CUDA, and ``"autocast"`` anywhere, the linear layers run under the ambient autocast: under Lightning's
+    ``16-mixed`` the GEMMs take fp16 inputs and accumulate in fp32 (4D-fy ran tcnn's fp16 ``FullyFusedMLP``);
+    without an autocast region they run in fp32. ``auto`` leaves CPU alone because CPU autocast means bf16 (8
+    significand bits, coarser than fp16's 11) and small bf16 GEMMs are often no faster on CPUs without bf16 matrix
     units. The output activation is applied to the float32 output, which is returned in every mode.
 
     Args:
@@ -50,7 +45,7 @@ class VanillaMLP(nn.Module):
         activation: hidden activation name (threestudio always uses ReLU; 4D-fy configs say ``ReLU``).
         output_activation: output activation name, ``"none"`` for identity.
         bias: whether the linear layers have biases.
-        precision: ``"auto"``, ``"autocast"``, ``"fp16"`` or ``"fp32"`` (see above).
+        precision: ``"auto"``, ``"autocast"`` or ``"fp32"`` (see above).
     """
 
     def __init__(
@@ -82,70 +77,21 @@ class VanillaMLP(nn.Module):
     def forward(self, x: Float[Tensor, "*batch I"]) -> Float[Tensor, "*batch O"]:
         """Apply the MLP to ``[..., n_input_dims]`` inputs (precision: see the class docstring)."""
         weight_dtype = self.layers[0].weight.dtype
-        mode = mlp_mode(self.precision, x.device)
-        if mode == "fp32":
+        if not runs_reduced(self.precision, x.device):
             with torch.autocast(device_type=x.device.type, enabled=False):
                 return self.output_activation(self.layers(x.to(weight_dtype)))
-        if mode == "ambient":
-            return self.output_activation(self.layers(x.to(weight_dtype)).float())
-        return self.output_activation(self._fp16_scaled(x.to(weight_dtype)))
-
-    def _fp16_scaled(self, x: Tensor) -> Tensor:
-        """The layers in fp16 with the loss-scaled backward of :data:`FP16_GRAD_SCALE` (float32 in and out)."""
-        inverse = 1.0 / FP16_GRAD_SCALE
-        h = scale_gradient(x, inverse)
-        with torch.autocast(device_type=x.device.type, dtype=torch.float16):
-            for layer in self.layers:
-                if isinstance(layer, nn.Linear):
-                    bias = None if layer.bias is None else scale_gradient(layer.bias, inverse)
-                    h = F.linear(h, scale_gradient(layer.weight, inverse), bias)
-                else:
-                    h = layer(h)
-        return scale_gradient(h.float(), FP16_GRAD_SCALE)
+        return self.output_activation(self.layers(x.to(weight_dtype)).float())
 
     def extra_repr(self) -> str:
         return f"precision={self.precision}"
 
 
-FP16_GRAD_SCALE = 128.0
-"""Loss scale of the ``fp16`` MLP's backward: tcnn's for its fp16 modules (``loss_scale = 128``), which 4D-fy's
-``FullyFusedMLP`` trained with. A per-sample gradient of 1e-6 is a subnormal fp16 number (3 significant bits left)
-and one under 6e-8 is zero; scaled by 128 both keep fp16's full 11 bits. Gradients above 65504 / 128 = 512 would
-overflow to inf (which the divergence guard reports)."""
+def runs_reduced(precision: str, device: torch.device) -> bool:
+    """Whether an MLP with ``precision`` on ``device`` follows the ambient autocast (else: fp32, autocast off).
 
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``factor``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad * ctx.factor, None
-
-
-def scale_gradient(x: Tensor, factor: float) -> Tensor:
-    """``x`` unchanged, with its gradient multiplied by ``factor`` on the way back."""
-    return _ScaleGradient.apply(x, factor)
-
-
-def mlp_mode(precision: str, device: torch.device) -> str:
-    """How an MLP with ``precision`` runs on ``device`` now: ``"fp32"`` (autocast off), ``"ambient"`` (follows the
-    active autocast; fp32 without one) or ``"fp16"`` (fp16 GEMMs, loss-scaled backward).
-
-    ``"fp32"``: always fp32; ``"autocast"``: always ambient; ``"fp16"``: always fp16; ``"auto"``: fp32 off CUDA, on
-    CUDA ambient inside an autocast region and fp16 outside one.
+    ``"autocast"``: always; ``"auto"``: only on CUDA; ``"fp32"``: never.
     """
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return "fp32"
-    if precision == "autocast":
-        return "ambient"
-    if precision == "fp16":
-        return "fp16"
-    return "ambient" if torch.is_autocast_enabled(device.type) else "fp16"
+    return precision == "autocast" or (precision == "auto" and device.type == "cuda")
 
 
 def get_mlp(

@@ -33,7 +33,7 @@ def test_cpu_smoke_run_writes_the_report(tmp_path):
     assert {(r["part"], r["mode"]) for r in rows if r["part"].startswith("grid")} == {
         ("grid3 (static)", "torch"), ("grid4 (x, t)", "torch")}  # no CUDA here: torch only
     mlp = {r["precision"]: r for r in rows if r["part"] == "density MLP"}
-    assert set(mlp) == {"fp32", "autocast", "fp16"}  # on CPU the reduced mode is `autocast` (bf16); `auto` stays fp32
+    assert set(mlp) == {"fp32", "autocast"}  # on CPU the reduced mode is `autocast` (bf16); `auto` stays fp32
     for r in rows:
         assert r["points"] == 20000
         for phase in ("forward", "forward_backward"):
@@ -45,6 +45,3 @@ def test_cpu_smoke_run_writes_the_report(tmp_path):
     assert mlp["fp32"]["rel_err_vs_fp32"] == 0.0
     assert 0.0 < mlp["autocast"]["rel_err_vs_fp32"] < 0.05
     assert mlp["autocast"]["output_dtype"] == "float32"
-    # fp16 without an ambient autocast: fp16's 11 bits, closer to fp32 than bf16's 8
-    assert 0.0 < mlp["fp16"]["rel_err_vs_fp32"] < mlp["autocast"]["rel_err_vs_fp32"]
-    assert mlp["fp16"]["autocast_dtype"] is None and mlp["fp16"]["output_dtype"] == "float32"
