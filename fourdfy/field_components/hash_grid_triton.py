@@ -117,7 +117,9 @@ if triton is not None:
         return tl.load(offset_ptr + level) + idx % tl.load(size_ptr + level), w
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
-    @triton.jit
+    # N (the point count) changes every step: not specialised on divisibility by 16, so each kernel compiles once
+    # per configuration instead of again, mid-training, the first time N happens to be a multiple of 16
+    @triton.jit(do_not_specialize=["N"])
     def _hash_grid_fwd(
         x_ptr, params_ptr, out_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr, strides_ptr, N,
         D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
@@ -140,7 +142,9 @@ if triton is not None:
         tl.store(out_ptr + out_offs, acc, mask=mask[:, None])
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
-    @triton.jit
+    # N (the point count) changes every step: not specialised on divisibility by 16, so each kernel compiles once
+    # per configuration instead of again, mid-training, the first time N happens to be a multiple of 16
+    @triton.jit(do_not_specialize=["N"])
     def _hash_grid_bwd(
         x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr,
         strides_ptr, N, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,

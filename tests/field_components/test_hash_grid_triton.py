@@ -58,3 +58,28 @@ def test_module_routes_to_triton_and_matches():
     x = torch.rand(50, 3, device=DEVICE)
     assert fast.uses_triton(x) and not ref.uses_triton(x)
     torch.testing.assert_close(fast(x), ref(x), atol=1e-6, rtol=1e-6)
+
+
+def compiled_variants(kernel) -> int:
+    """Compiled specialisations of a Triton kernel on any device (``device_caches`` in Triton 3.2+, ``cache`` before)."""
+    caches = getattr(kernel, "device_caches", None)
+    if caches is not None:
+        return sum(len(entry[0]) for entry in caches.values())
+    return sum(len(c) for c in kernel.cache.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiles the kernels: needs a CUDA device")
+def test_point_count_does_not_recompile_the_kernels():
+    # N changes every training step; multiples of 16 (and 1) must not make new specialisations mid-training
+    layout = grid_layout(3, 4, 2, 9, 4, 1.5)
+    p = torch.randn(layout.n_params, device=DEVICE, requires_grad=True)
+
+    def call(n: int) -> None:
+        x = torch.rand(n, 3, device=DEVICE, requires_grad=True)
+        ht.hash_grid_encode_triton(x, p, layout).sum().backward()
+
+    call(1001)
+    before = compiled_variants(ht._hash_grid_fwd), compiled_variants(ht._hash_grid_bwd)
+    for n in (1024, 1, 4096, 999):
+        call(n)
+    assert (compiled_variants(ht._hash_grid_fwd), compiled_variants(ht._hash_grid_bwd)) == before
