@@ -609,6 +609,8 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
     # a branch drawn but not met in the timed steps makes the weighted mean unknown rather than wrong
     weighted = (sum(weights[k] * by_kind[k]["median"] for k in weights) if all(k in by_kind for k in weights)
                 else float("nan"))  # fmt: skip
+    weighted_mean = (sum(weights[k] * by_kind[k]["mean"] for k in weights) if all(k in by_kind for k in weights)
+                     else float("nan"))  # fmt: skip
     phases_by_kind: dict[str, dict[str, float]] = {}
     for k in {r["kind"] for r in breakdown}:
         rows = [r["phases"] for r in breakdown if r["kind"] == k]
@@ -619,6 +621,9 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
         "seconds_per_iter_median": statistics.median(r["seconds"] for r in timed),
         "seconds_per_iter_mean": statistics.mean(r["seconds"] for r in timed),
         "seconds_per_iter_weighted": weighted,
+        # the expectation of a step: a step's time grows with its samples per ray, which the random cameras spread
+        # widely (4 to 62 in ten fitted stage-1 steps), so the mean of a long run sits above the median
+        "seconds_per_iter_weighted_mean": weighted_mean,
         "seconds_per_iter_by_kind": by_kind,
         "samples_per_iter_median": statistics.median(r["num_samples"] for r in timed),
         "samples_per_ray_median": statistics.median(r["samples_per_ray"] for r in timed),
@@ -651,10 +656,23 @@ def phase_fraction(cfg, phase: str, max_steps: int) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def estimate(paths: list[str], field: str = "random") -> dict[str, Any]:
+def branch_weighted(m: dict[str, Any], statistic: str = "median") -> float:
+    """A measurement's s/it: branch probabilities times each branch's ``median`` (the default; robust to a rare
+    slow step) or ``mean`` (the expectation of a long run) step time. JSONs written before the mean was stored
+    get it from their per-branch numbers."""
+    if statistic == "median":
+        return m["seconds_per_iter_weighted"]
+    if "seconds_per_iter_weighted_mean" in m:
+        return m["seconds_per_iter_weighted_mean"]
+    kinds = m["seconds_per_iter_by_kind"]
+    return sum(v["probability"] * v["mean"] for v in kinds.values())
+
+
+def estimate(paths: list[str], field: str = "random", statistic: str = "median") -> dict[str, Any]:
     """Hours of a whole prompt from per-stage JSONs: for each config, the sum over its measured phases of
-    ``max_steps x phase fraction x branch-weighted s/it``; a config measured in one phase only is assumed to run
-    every iteration at that phase's rate (flagged). Field ``fitted`` is used where measured and asked for."""
+    ``max_steps x phase fraction x branch-weighted s/it`` (:func:`branch_weighted` with ``statistic``); a config
+    measured in one phase only is assumed to run every iteration at that phase's rate (flagged). Field ``fitted``
+    is used where measured and asked for."""
     configs: dict[str, list[dict]] = {}
     for p in paths:
         data = json.loads(Path(p).read_text())
@@ -665,7 +683,7 @@ def estimate(paths: list[str], field: str = "random") -> dict[str, Any]:
         for r in runs:
             m = r["fields"].get(field) or r["fields"]["random"]
             fraction = r["phase_fraction"] if len(phases) > 1 else 1.0
-            s_it = m["seconds_per_iter_weighted"]
+            s_it = branch_weighted(m, statistic)
             hours = r["max_steps"] * fraction * s_it / 3600
             total += hours
             rows.append({"config": config, "phase": r["phase"], "iterations": round(r["max_steps"] * fraction),
@@ -692,7 +710,7 @@ def print_measurement(m: dict[str, Any], label: str, max_steps: int, fraction: f
     peak = f"{m['peak_memory_gib']:.2f}" if m["peak_memory_gib"] is not None else "-"
     hours = max_steps * fraction * m["seconds_per_iter_weighted"] / 3600
     print(f"\n[{label} field] s/it median {m['seconds_per_iter_median']:.4f}  mean {m['seconds_per_iter_mean']:.4f}  "
-          f"branch-weighted {m['seconds_per_iter_weighted']:.4f}  peak {peak} GiB  samples/ray {m['samples_per_ray_median']:.1f}"
+          f"branch-weighted {m['seconds_per_iter_weighted']:.4f} (of means {m['seconds_per_iter_weighted_mean']:.4f})  peak {peak} GiB  samples/ray {m['samples_per_ray_median']:.1f}"
           f"  -> {max_steps * fraction:.0f} iterations of this stage/phase ~ {hours:.2f} h")  # fmt: skip
     header = " ".join(f"{p:>10}" for p in PHASES)
     print(f"{'branch':>12} {'p':>5} {'n':>3} {'median s':>9} {'samples/ray':>11} {'between ms':>10} {'gc ms':>6} "
@@ -752,10 +770,12 @@ def main() -> int:
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--estimate", nargs="+", metavar="JSON", help="only print the whole-prompt estimate")
     parser.add_argument("--estimate-field", choices=("random", "fitted"), default="random")
+    parser.add_argument("--estimate-statistic", choices=("median", "mean"), default="median",
+                        help="per-branch step time the estimate multiplies: median (default) or mean")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = parser.parse_args()
     if args.estimate:
-        est = estimate(args.estimate, args.estimate_field)
+        est = estimate(args.estimate, args.estimate_field, args.estimate_statistic)
         print_estimate(est)
         return 0
 

@@ -108,8 +108,10 @@ def whole_prompt(runs: dict[tuple[str, str, str], dict]) -> str:
             parts = " + ".join(f"{Path(r['config']).stem} {r['hours']:.2f}" + (f" ({r['field']} field)" if r["field"] != field
                                else "") for r in est["rows"])  # fmt: skip
             gap = f"; not measured: {', '.join(missing)}" if missing else ""
-            out.append(f"- fast paths {mode}, {field} field: {parts} = **{est['hours']:.1f} h** "
-                       f"({sum(r['iterations'] for r in est['rows'])} iterations{gap})")  # fmt: skip
+            by_mean = estimate(files, field, "mean")["hours"]
+            out.append(f"- fast paths {mode}, {field} field: {parts} = **{est['hours']:.1f} h** from per-branch "
+                       f"medians, {by_mean:.1f} h from means ({sum(r['iterations'] for r in est['rows'])} "
+                       f"iterations{gap})")  # fmt: skip
     return "\n".join(out)
 
 

@@ -101,6 +101,22 @@ def test_phase_fraction_and_whole_prompt_estimate(tmp_path):
     assert math.isclose(only_late["hours"], 10000 * 0.072 / 3600) and only_late["rows"][0]["one_phase_only"]
 
 
+def test_estimate_from_means_weights_each_branch_mean_by_its_probability(tmp_path):
+    bench = load_benchmark("iteration")
+    kinds = {"multi_view": {"probability": 0.75, "mean": 0.2, "median": 0.1},
+             "video": {"probability": 0.25, "mean": 0.6, "median": 0.4}}  # fmt: skip
+    old = {"field": "random", "seconds_per_iter_weighted": 0.175, "seconds_per_iter_by_kind": kinds}
+    new = {**old, "seconds_per_iter_weighted_mean": 0.3}
+    assert bench.branch_weighted(old) == 0.175
+    assert math.isclose(bench.branch_weighted(old, "mean"), 0.75 * 0.2 + 0.25 * 0.6)  # a JSON without the key
+    assert bench.branch_weighted(new, "mean") == 0.3
+    path = tmp_path / "s3.json"
+    path.write_text(json.dumps({"config": "s3", "phase": "late", "phase_fraction": 1.0, "max_steps": 3600,
+                                "card": "X", "fast_paths": "on", "fields": {"random": old}}))  # fmt: skip
+    assert math.isclose(bench.estimate([str(path)], statistic="mean")["hours"], 0.3)
+    assert math.isclose(bench.estimate([str(path)])["hours"], 0.175)
+
+
 def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--stage", "3", "--tiny", "--device", "cpu",
@@ -125,6 +141,10 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
         assert field["breakdown_by_kind"]["video"]["vae_encode"] > 0
         assert field["host_syncs_by_kind"] == {}  # counted on CUDA only (torch's sync debug mode)
     assert data["stage_hours_estimate"] > 0
+    for field in data["fields"].values():
+        kinds = field["seconds_per_iter_by_kind"]
+        expected = sum(v["probability"] * v["mean"] for v in kinds.values())
+        assert field["seconds_per_iter_weighted_mean"] == pytest.approx(expected)
     est = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "iteration.py"), "--estimate", str(path)],
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert est.returncode == 0 and "whole prompt" in est.stdout
