@@ -22,7 +22,9 @@ import pytorch_lightning as pl
 class FreezeSetupObjects(pl.Callback):
     """At ``on_train_start``: one full collection, then :func:`gc.freeze`; at the end of training (or when it
     fails), :func:`gc.unfreeze`, so that evaluation or a next stage in the same process starts from Python's
-    state."""
+    state. Python has one permanent generation: objects that other code froze before training (a library preparing
+    a fork; 375 of them in one test worker on the GPU machine) are given back to the collector too, which only
+    means it walks them again."""
 
     def __init__(self) -> None:
         self.frozen = 0
