@@ -587,6 +587,14 @@ def branch_weights(system, cfg) -> dict[str, float]:
     return {k.value: p for k, p in probs.items() if p > 0}
 
 
+def weighted_step_time(by_kind: dict[str, dict], weights: dict[str, float], statistic: str) -> float:
+    """Branch probabilities times each branch's ``statistic`` (``median`` or ``mean``) step time. A branch drawn
+    but not met in the timed steps makes it unknown (NaN) rather than wrong."""
+    if not all(k in by_kind for k in weights):
+        return float("nan")
+    return sum(weights[k] * by_kind[k][statistic] for k in weights)
+
+
 def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str, cuda: bool) -> dict[str, Any]:
     """Medians, means, per-branch numbers, the branch-weighted mean and the breakdown of one measurement."""
     import torch
@@ -606,11 +614,8 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
             "gc_full_collections": sum(r.get("gc_full_collections", 0) for r in v)}
         for k, v in per_kind.items()
     }  # fmt: skip
-    # a branch drawn but not met in the timed steps makes the weighted mean unknown rather than wrong
-    weighted = (sum(weights[k] * by_kind[k]["median"] for k in weights) if all(k in by_kind for k in weights)
-                else float("nan"))  # fmt: skip
-    weighted_mean = (sum(weights[k] * by_kind[k]["mean"] for k in weights) if all(k in by_kind for k in weights)
-                     else float("nan"))  # fmt: skip
+    weighted = weighted_step_time(by_kind, weights, "median")
+    weighted_mean = weighted_step_time(by_kind, weights, "mean")
     phases_by_kind: dict[str, dict[str, float]] = {}
     for k in {r["kind"] for r in breakdown}:
         rows = [r["phases"] for r in breakdown if r["kind"] == k]
@@ -665,7 +670,7 @@ def branch_weighted(m: dict[str, Any], statistic: str = "median") -> float:
     if "seconds_per_iter_weighted_mean" in m:
         return m["seconds_per_iter_weighted_mean"]
     kinds = m["seconds_per_iter_by_kind"]
-    return sum(v["probability"] * v["mean"] for v in kinds.values())
+    return weighted_step_time(kinds, {k: v["probability"] for k, v in kinds.items()}, "mean")
 
 
 def estimate(paths: list[str], field: str = "random", statistic: str = "median") -> dict[str, Any]:
