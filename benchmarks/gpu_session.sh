@@ -24,6 +24,9 @@
 #   vaeloop    stage 3 with the video guidances' VAE encoder channels-last, then with cuDNN's algorithm search
 #              (trainer.benchmark=true): tagged runs beside the plain s3on
 #   guidancetests  the guidance tests alone (their CUDA-only comparisons of the graphed and eager paths)
+#   profile3   fourdfy_stage_3, one process per branch (multi-view, single view, video alone, by their probabilities),
+#              a torch.profiler table of ITER_PROFILE (default 2) steps each: where each branch's GPU time goes;
+#              then fourdfy_stage_3_vc's video branch alone
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -106,6 +109,15 @@ for part in "$@"; do
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" --out "$OUT"
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
         --tag unfused --out "$OUT" system.optimizer.fused=false ;;
+    profile3)
+      for b in "mv data.prob_multi_view=1.0" "sv data.prob_multi_view=0.0 data.single_view.prob_single_view_video=0.0" \
+               "video data.prob_multi_view=0.0 data.single_view.prob_single_view_video=1.0" \
+               "vcvideo data.prob_multi_view=0.0 data.single_view.prob_single_view_video=1.0"; do
+        set -- $b; c=configs/fourdfy_stage_3.yaml; [ "$1" = vcvideo ] && c=configs/fourdfy_stage_3_vc.yaml
+        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py --config "$c" --steps 3 \
+          --min-per-branch 1 --breakdown-steps 1 --no-count-syncs --profile "${ITER_PROFILE:-2}" \
+          --profile-sort "${ITER_PROFILE_SORT:-cuda}" --tag "only_$1" --out "$OUT" "${@:2}"
+      done ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;
     estimate)

@@ -465,7 +465,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     self.profiler.__exit__(None, None, None)
                     key = "self_cuda_time_total" if cuda and args.profile_sort == "cuda" else "self_cpu_time_total"
                     averages = self.profiler.key_averages()
-                    print(averages.table(sort_by=key, row_limit=30, max_name_column_width=60))
+                    print(averages.table(sort_by=key, row_limit=45, max_name_column_width=70))
                     # host time vs device time per phase: a phase whose CPU time exceeds its GPU time is launch-bound
                     print(f"per profiled step ({args.profile} steps): CPU time inside each phase range vs its GPU "
                           "time; backward is not a range")  # fmt: skip
