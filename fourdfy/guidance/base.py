@@ -9,7 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from fourdfy.guidance import precision as precision_policy
-from fourdfy.guidance.cuda_graph import GraphedForward
+from fourdfy.guidance.cuda_graph import GraphedForward, GraphedTrainForward
 from fourdfy.guidance import sds
 from fourdfy.utils.base import BaseModule
 
@@ -81,10 +81,10 @@ class BaseGuidance(BaseModule):
             module = getattr(self, name, None)
             if module is not None and next(module.parameters()).dtype != dtype:
                 module.to(dtype)
-        # 3. new storage (a move or cast) is not what captured CUDA graphs read: every GraphedForward drops its graphs
+        # 3. new storage (a move or cast) is not what captured CUDA graphs read: every graphed call drops its graphs
         #    (in-place optimizer steps keep the storage and need no reset)
         for value in vars(self).values():
-            if isinstance(value, GraphedForward):
+            if isinstance(value, (GraphedForward, GraphedTrainForward)):
                 value.reset()
         return out
 

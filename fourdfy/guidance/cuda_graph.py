@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def call_signature(tensors: tuple[Tensor, ...]) -> tuple:
@@ -76,3 +76,65 @@ class GraphedForward:
         with torch.cuda.graph(graph), autocast():
             static_out = self.fn(*static_in)
         return graph, static_in, static_out
+
+
+class _TrainableCall(nn.Module):
+    """``fn`` as a module whose parameters are exactly ``trainable``'s: what ``make_graphed_callables`` takes the
+    gradient to (the frozen network ``fn`` closes over is not a child, so its weights are neither graph inputs nor
+    listed)."""
+
+    def __init__(self, fn: Callable[..., Tensor], trainable: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        self.trainable = trainable
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return self.fn(*tensors)
+
+
+class GraphedTrainForward:
+    """Wrap ``fn(*tensors) -> Tensor`` whose gradients reach only the parameters of ``trainable`` (none of the
+    tensors requires grad): forward and backward are replayed from CUDA graphs.
+
+    For a frozen network that trains a few adapters (the VSD guidance's LoRA loss) the eager forward and backward
+    launch thousands of small kernels with the same shapes every step, and the host launching them is the bottleneck.
+    Captured with ``torch.cuda.make_graphed_callables`` (a forward and a backward graph sharing one memory pool)
+    lazily, on the first CUDA call with gradients enabled, one pair per call signature (:func:`call_signature`;
+    under autocast, captured with that autocast dtype and the cast cache off, like :class:`GraphedForward`).
+    Anything else (CPU, ``no_grad``, an input that requires grad) runs ``fn`` eagerly.
+
+    Rules for the caller (those of ``make_graphed_callables``): ``fn`` makes no host sync and has no data-dependent
+    control flow; the trainable parameters keep their storage (in-place optimizer steps are seen by every replay;
+    after a move or cast call :meth:`reset`); the output is the graph's static buffer, overwritten by the next
+    call, so call once per backward and do not keep the output across steps.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], trainable: nn.Module, warmup: int = 3) -> None:
+        self.fn = fn
+        self.trainable = trainable
+        self.warmup = warmup
+        self.graphs: dict[tuple, Callable[..., Tensor]] = {}
+
+    def __call__(self, *tensors: Tensor) -> Tensor:
+        if not tensors[0].is_cuda or not torch.is_grad_enabled() or any(t.requires_grad for t in tensors):
+            return self.fn(*tensors)
+        key = call_signature(tensors)
+        with torch.cuda.device(tensors[0].device):
+            graphed = self.graphs.get(key)
+            if graphed is None:
+                graphed = self._capture(tensors, autocast_dtype=key[0][1])
+                self.graphs[key] = graphed
+            return graphed(*tensors)
+
+    def reset(self) -> None:
+        """Drop the captured graphs (see :meth:`GraphedForward.reset`)."""
+        self.graphs.clear()
+
+    def _capture(self, tensors: tuple[Tensor, ...], autocast_dtype: torch.dtype | None) -> Callable[..., Tensor]:
+        module = _TrainableCall(self.fn, self.trainable)
+        context = (contextlib.nullcontext() if autocast_dtype is None
+                   else torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False))  # fmt: skip
+        with context:
+            return torch.cuda.make_graphed_callables(
+                module, tuple(t.clone() for t in tensors), num_warmup_iters=self.warmup, allow_unused_input=True
+            )

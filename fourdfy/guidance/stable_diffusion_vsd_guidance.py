@@ -54,8 +54,10 @@ CUDA graphs (``cuda_graph``, on by default): the two no-grad UNet calls of :meth
 guidances. A graph reads its parameters from the addresses they had at capture; the LoRA adapters and the camera MLP
 are trained by a ``torch.optim`` optimizer, whose steps update them in place (same storage), so every replay sees the
 current values. Moving or casting the module (``.to``, which may allocate new parameter storage) drops the graphs;
-they are captured again on the next call. The LoRA loss's forward needs gradients and always runs eagerly. Off CUDA
-everything runs eagerly.
+they are captured again on the next call. The LoRA loss's forward and backward (``cuda_graph_lora_loss``, on by
+default) are replayed from a pair of CUDA graphs too (:class:`fourdfy.guidance.cuda_graph.GraphedTrainForward`): the
+particle UNet with gradients to its adapters and camera MLP is the same computation every step, and eagerly its
+launches, not its arithmetic, set the time of a single-view step. Off CUDA everything runs eagerly.
 
 The official SD 2.1 hub repositories were removed in Nov 2025; local diffusers folders (``unet/``,
 ``scheduler/``, ``vae/``) are the first-class way to point at weights. The reserved names ``tiny-random-sd-eps``
@@ -77,7 +79,7 @@ from fourdfy.config import ConfigError, Scheduled, choice
 from fourdfy.data.batch import CameraBatch
 from fourdfy.guidance import precision, sds
 from fourdfy.guidance.base import BaseGuidance, GuidanceOutput
-from fourdfy.guidance.cuda_graph import GraphedForward
+from fourdfy.guidance.cuda_graph import GraphedForward, GraphedTrainForward
 from fourdfy.guidance.lora import inject_lora
 from fourdfy.guidance.sd_loading import SDComponents, load_sd_components
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -182,6 +184,10 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         eps_phi) from CUDA graphs (one per input shape): the same computation with fewer kernel launches. Replays
         read the LoRA/camera parameters in place, so optimizer steps are seen. ``false``: always eager. Each graph
         keeps a private memory pool as large as one forward's activations."""
+        cuda_graph_lora_loss: bool = True
+        """On CUDA, replay the LoRA loss's particle-UNet forward and its backward (gradients to the adapters and
+        the camera MLP) from CUDA graphs, one pair per input shape: the same computation without the host launching
+        each kernel. The graphs keep the forward's saved activations in their own memory pool. ``false``: eager."""
         device: Optional[str] = None
         """Run this guidance (networks, LoRA and camera embedding) on its own device, e.g. ``cuda:1`` (model
         placement for small cards); null: the system's device. Not combinable with data-parallel ``--gpu 0,1``."""
@@ -235,6 +241,10 @@ class StableDiffusionVSDGuidance(BaseGuidance):
                 unet.to(memory_format=torch.channels_last)
         self._graphed_unet = GraphedForward(self._unet_call)
         self._graphed_unet_lora = GraphedForward(self._unet_lora_call)
+        # the module list is the graph's parameter set only: not an attribute, so not registered (or saved) twice
+        self._graphed_lora_train = GraphedTrainForward(
+            self._unet_lora_call, nn.ModuleList([self.lora_layers, self.camera_embedding])
+        )
         self.annealed = False
         """Whether the one-way anneal has fired (``max_step_latch``)."""
         self.min_step, self.max_step = self.step_range(0, 0)
@@ -426,7 +436,8 @@ class StableDiffusionVSDGuidance(BaseGuidance):
         a_t = self.alphas_cumprod_lora[t]
         noisy = sds.q_sample(z0, a_t, noise)
         target = noise if self.prediction_type_lora == "epsilon" else sds.velocity(z0, noise, a_t)
-        out = self.predict_with(self._unet_lora_call, noisy, t, cond.repeat(reps, 1, 1), camera)  # eager: grads
+        call = self._graphed_lora_train if self.cfg.cuda_graph_lora_loss else self._unet_lora_call
+        out = self.predict_with(call, noisy, t, cond.repeat(reps, 1, 1), camera)
         return F.mse_loss(out, target.float(), reduction="mean")
 
     def predict_with(

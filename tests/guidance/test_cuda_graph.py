@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fourdfy.config import ConfigError
-from fourdfy.guidance.cuda_graph import GraphedForward, call_signature
+from fourdfy.guidance.cuda_graph import GraphedForward, GraphedTrainForward, call_signature
 
 
 def test_falls_back_to_eager_on_cpu_and_with_grad():
@@ -113,3 +113,69 @@ def test_moving_a_guidance_drops_its_graphs():
     g._graphed_unet.graphs[("key",)] = ("graph", [], None)
     g.to(torch.float64)
     assert g._graphed_unet.graphs == {}
+
+
+class _Adapted(torch.nn.Module):
+    """A frozen linear layer with a trainable low-rank update and bias (a stand-in for a LoRA UNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.frozen = torch.nn.Linear(16, 16).requires_grad_(False)
+        self.trainable = torch.nn.ModuleList([torch.nn.Linear(16, 2, bias=False), torch.nn.Linear(2, 16)])
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def call(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        down, up = self.trainable
+        h = torch.relu(self.frozen(x) + up(down(x)))
+        return self.frozen(h) * scale
+
+
+def test_graphed_train_forward_runs_eagerly_off_cuda_without_grad_or_with_input_grad():
+    m = _Adapted()
+    fn = GraphedTrainForward(m.call, m.trainable)
+    x, s = torch.randn(4, 16), torch.ones(4, 1)
+    out = fn(x, s)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, m.call(x, s), rtol=0, atol=0)
+    assert all(p.grad is not None for p in m.trainable.parameters())
+    assert m.frozen.weight.grad is None
+    with torch.no_grad():
+        assert not fn(x, s).requires_grad
+    assert fn.graphs == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_graphed_train_forward_matches_eager_forward_and_backward_after_in_place_updates(autocast):
+    graphed_m, eager_m = _Adapted().cuda(), _Adapted().cuda()
+    fn = GraphedTrainForward(graphed_m.call, graphed_m.trainable)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tol = dict(atol=2e-3, rtol=2e-3) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for step in range(4):  # the first call captures (after its warm-up), the others replay with new inputs
+        x = torch.randn(8, 16, device="cuda", generator=gen)
+        s = torch.rand(8, 1, device="cuda", generator=gen)
+        outs = []
+        for model, call in ((graphed_m, fn), (eager_m, eager_m.call)):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+                out = call(x, s)
+            (out.float().square().sum() * (step + 1)).backward()
+            outs.append((out.detach().clone(), [p.grad.clone() for p in model.trainable.parameters()]))
+        torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
+        for a, b in zip(outs[0][1], outs[1][1]):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(a, b, **tol)
+        assert graphed_m.frozen.weight.grad is None
+        with torch.no_grad():  # an optimizer step: same storage, new values, seen by the next replay
+            for model in (graphed_m, eager_m):
+                for p in model.trainable.parameters():
+                    p.sub_(0.05 * p.grad)
+    assert len(fn.graphs) == 1
+    x = torch.randn(8, 16, device="cuda", generator=gen, requires_grad=True)
+    fn(x, s).sum().backward()  # an input that needs a gradient is not what the graphs were captured for: eager
+    assert x.grad is not None and len(fn.graphs) == 1
+    fn.reset()
+    assert fn.graphs == {}

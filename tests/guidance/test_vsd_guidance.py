@@ -362,9 +362,12 @@ def test_cuda_graph_switch_parses_and_is_exact_off_cuda():
     assert parse_config(cls, {"cuda_graph": False}, "system.guidance").cuda_graph is False
     with pytest.raises(ConfigError, match=r"system\.guidance\.cuda_graph"):
         parse_config(cls, {"cuda_graph": "fast"}, "system.guidance")
+    assert cls().cuda_graph_lora_loss is True
+    with pytest.raises(ConfigError, match=r"system\.guidance\.cuda_graph_lora_loss"):
+        parse_config(cls, {"cuda_graph_lora_loss": "yes"}, "system.guidance")
     torch.manual_seed(0)
     on = make_guidance(cuda_graph=True)
-    off = make_guidance(cuda_graph=False)
+    off = make_guidance(cuda_graph=False, cuda_graph_lora_loss=False)
     randomize_lora(on)
     off.load_state_dict(on.state_dict(), strict=True)
     prompts, batch = make_prompts(), make_batch()
@@ -378,7 +381,7 @@ def test_cuda_graph_switch_parses_and_is_exact_off_cuda():
         losses.append(out.losses)
         grads.append((z_leaf.grad, [p.grad for p in g.lora_layers.parameters()]))
     # on CPU the switch changes nothing: the eager path runs, bit for bit, and nothing is captured
-    assert on._graphed_unet.graphs == {} and on._graphed_unet_lora.graphs == {}
+    assert on._graphed_unet.graphs == {} and on._graphed_unet_lora.graphs == {} and on._graphed_lora_train.graphs == {}
     for name in ("vsd", "lora"):
         assert torch.equal(losses[0][name], losses[1][name])
     assert torch.equal(grads[0][0], grads[1][0])
@@ -418,9 +421,43 @@ def test_graphed_vsd_eps_matches_eager_after_in_place_updates():
     after = both(t, noise, 2)  # the graphs replay the updated weights ...
     assert not torch.allclose(after, before, atol=1e-4)  # ... and the update did change eps_phi
     assert len(g._graphed_unet.graphs) == 1 and len(g._graphed_unet_lora.graphs) == 1
-    # the LoRA loss needs gradients: it runs eagerly and trains the adapters
-    adapter = next(iter(g.lora_layers.adapters().values()))
-    g.lora_loss(z, t, noise, cond, camera).backward()
-    assert adapter.lora_up.grad is not None and adapter.lora_up.grad.abs().sum() > 0
     g.cpu()  # a move may give the parameters new storage: the graphs are dropped
     assert g._graphed_unet.graphs == {} and g._graphed_unet_lora.graphs == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_lora_loss_matches_eager_loss_and_gradients_across_optimizer_steps():
+    torch.manual_seed(0)
+    g = make_guidance(cuda_graph_lora_loss=True, weights_dtype="fp32").cuda()
+    e = make_guidance(cuda_graph_lora_loss=False, weights_dtype="fp32").cuda()
+    randomize_lora(g)
+    e.load_state_dict(g.state_dict(), strict=True)
+    cuda = torch.device("cuda")
+    prompts, batch = make_prompts().to(cuda), make_batch().to(cuda)
+    cond = prompts.cond.expand(B, -1, -1)
+    camera = g.camera_condition(batch)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    z = torch.randn(B, 4, 8, 8, device="cuda", generator=gen)
+    trainable = {m: [*m.lora_layers.parameters(), *m.camera_embedding.parameters()] for m in (g, e)}
+    for step in range(4):  # capture, then replays with new timesteps, noise and weights
+        t = torch.randint(0, 1000, (B,), device="cuda", generator=gen)
+        noise = torch.randn(z.shape, device="cuda", generator=gen)
+        cam = camera * (step % 2)  # the camera-dropout zeros, as a value: same graph
+        results = []
+        for m in (g, e):
+            for p in trainable[m]:
+                p.grad = None
+            loss = m.lora_loss(z, t, noise, cond, cam)
+            (loss * (step + 1)).backward()
+            results.append((loss.detach(), [p.grad for p in trainable[m]]))
+        torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+        for a, b in zip(results[0][1], results[1][1]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert any(a.abs().sum() > 0 for a in results[0][1])
+        with torch.no_grad():  # an optimizer step changes the values in place
+            for m in (g, e):
+                for p in trainable[m]:
+                    p.sub_(0.1 * p.grad)
+    assert len(g._graphed_lora_train.graphs) == 1 and e._graphed_lora_train.graphs == {}
+    g.cpu()  # a move drops the train graphs too
+    assert g._graphed_lora_train.graphs == {}
