@@ -27,9 +27,9 @@
 #   profile3   fourdfy_stage_3, one process per branch (multi-view, single view, video alone, by their probabilities),
 #              a torch.profiler table of ITER_PROFILE (default 2) steps each: where each branch's GPU time goes;
 #              then fourdfy_stage_3_vc's video branch alone
-#   levers8    stages 3 and 2 (random field, fast paths on), each then with session 8's two switches off (the VSD
-#              LoRA loss replayed from CUDA graphs, TF32 matmuls of the trained parts): tagged runs "s8off"
-#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, TF32 matmul setting)
+#   levers8    stages 3 and 2 (random field, fast paths on), each then with session 8's switches off (the VSD LoRA
+#              loss replayed from CUDA graphs; in call B also TF32 matmuls, since removed): tagged runs "s8off"
+#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, the hash grid's vector atomics)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -122,14 +122,14 @@ for part in "$@"; do
           --profile-sort "${ITER_PROFILE_SORT:-cuda}" --tag "only_$1" --out "$OUT" "${@:2}"
       done ;;
     levers8)
-      off="system.guidance.cuda_graph_lora_loss=false system.float32_matmul_precision=highest"
+      off="system.guidance.cuda_graph_lora_loss=false"
       for c in configs/fourdfy_stage_3.yaml "configs/fourdfy_stage_2.yaml --phase late"; do
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config $c --steps "${ITER_STEPS:-20}" --out "$OUT"
         run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config $c --steps "${ITER_STEPS:-20}" \
           --tag s8off --out "$OUT" $off
       done ;;
     newtests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_cuda_graph.py \
-      tests/guidance/test_vsd_guidance.py tests/systems/test_matmul_precision.py ;;
+      tests/guidance/test_vsd_guidance.py tests/field_components/ ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;
     estimate)

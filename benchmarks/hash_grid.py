@@ -141,6 +141,15 @@ def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) 
             fb = measure(forward_backward, device, args.repeats, args.warmup)
             rows.append({"part": name, "mode": impl, "points": args.points, "n_params": grid.layout.n_params,
                          "forward": fwd, "forward_backward": fb})  # fmt: skip
+            if impl == "triton" and hash_grid_triton.uses_vector_atomics(grid.layout.n_features_per_level, device):
+                # the same kernels with Triton's scalar atomics in the backward: what the vector atomics gain
+                hash_grid_triton.VECTOR_ATOMICS = False
+                try:
+                    fb_scalar = measure(forward_backward, device, args.repeats, args.warmup)
+                finally:
+                    hash_grid_triton.VECTOR_ATOMICS = True
+                rows.append({"part": name, "mode": "triton, scalar atomics", "points": args.points,
+                             "n_params": grid.layout.n_params, "forward": fwd, "forward_backward": fb_scalar})  # fmt: skip
             del grid
     return rows
 

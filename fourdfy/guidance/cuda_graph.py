@@ -8,6 +8,7 @@ CUDA runs eagerly.
 """
 
 import contextlib
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -134,7 +135,10 @@ class GraphedTrainForward:
         module = _TrainableCall(self.fn, self.trainable)
         context = (contextlib.nullcontext() if autocast_dtype is None
                    else torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False))  # fmt: skip
-        with context:
+        with context, warnings.catch_warnings():
+            # the warm-up runs on a side stream while the parameters' gradient accumulators were made on the default
+            # one: torch warns once per capture; replays run on the caller's stream
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
             return torch.cuda.make_graphed_callables(
                 module, tuple(t.clone() for t in tensors), num_warmup_iters=self.warmup, allow_unused_input=True
             )

@@ -7,7 +7,7 @@ the time it takes to import torch.
 import dataclasses
 from typing import Any, Optional
 
-from fourdfy.config import ConfigError, Scheduled, child_slot, choice, did_you_mean
+from fourdfy.config import ConfigError, Scheduled, child_slot, did_you_mean
 from fourdfy.systems.optim import OptimizerConfig
 
 
@@ -119,12 +119,6 @@ class FourDFYSystemConfig(BaseSystemConfig):
     """Percentiles of the non-zero test depths mapped to the ends of the colour map."""
     freeze_static_modules: bool = False
     """Dynamic stages: train only the temporal parameters."""
-    float32_matmul_precision: str = choice("high", ("highest", "high"), "TensorFloat-32 (high) or strict fp32 (highest)")
-    """fp32 matrix products on CUDA during training (``torch.set_float32_matmul_precision``). With
-    ``trainer.precision: 32`` the field and background MLPs multiply in fp32; ``high`` (default) runs those products
-    in TensorFloat-32 (10-bit mantissa inputs, fp32 accumulation), still finer than the fp16 of 4D-fy's tiny-cuda-nn MLPs. Set at the start of
-    training and restored at its end; the guidances' frozen networks keep their own setting
-    (:func:`fourdfy.guidance.precision.fp32_math`). ``highest``: strict fp32. No effect off CUDA."""
 
     def __post_init__(self) -> None:
         for path in self.optimizer.params:

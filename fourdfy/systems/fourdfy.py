@@ -118,15 +118,6 @@ class FourDFYSystem(BaseSystem):
         if self.cfg.freeze_static_modules:
             for p in self.parameters():
                 p.requires_grad_(False)
-        # a process-wide setting: taken back in on_fit_end (the guidances set their own around their networks)
-        self._matmul_precision_before = torch.get_float32_matmul_precision()
-        if self.device.type == "cuda":
-            torch.set_float32_matmul_precision(self.cfg.float32_matmul_precision)
-
-    def on_fit_end(self) -> None:
-        before = getattr(self, "_matmul_precision_before", None)
-        if before is not None:
-            torch.set_float32_matmul_precision(before)
 
     def set_temporal_training(self, branch: Branch) -> None:
         """Image branches leave the 4-D part of the field untouched (no gradient, so AdamW skips it, as in 4D-fy);

@@ -295,3 +295,18 @@ def test_tcnn_matches_torch(d):
     (y_fast * w).sum().backward()
     torch.testing.assert_close(fast.params.grad, ref.params.grad, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-3, atol=1e-2)
+
+
+def test_vector_atomics_only_for_two_features_on_cuda(monkeypatch):
+    from fourdfy.field_components import hash_grid_triton as ht
+
+    cpu = torch.device("cpu")
+    assert not ht.uses_vector_atomics(2, cpu)
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert not ht.uses_vector_atomics(4, cuda)  # a row of 4 features is not one 8-byte vector
+        monkeypatch.setattr(ht, "VECTOR_ATOMICS", False)
+        assert not ht.uses_vector_atomics(2, cuda)
+        monkeypatch.setattr(ht, "VECTOR_ATOMICS", True)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CPU interpreter has no inline PTX
+        assert not ht.uses_vector_atomics(2, cuda)

@@ -83,3 +83,29 @@ def test_point_count_does_not_recompile_the_kernels():
     for n in (1024, 1, 4096, 999):
         call(n)
     assert (compiled_variants(ht._hash_grid_fwd), compiled_variants(ht._hash_grid_bwd)) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the vector atomics run on a CUDA device of sm_90 or newer")
+@pytest.mark.parametrize("dims", [3, 4])
+def test_vector_atomics_give_the_scalar_atomics_gradient(dims, monkeypatch):
+    """Where the backward scatters 2-feature rows with red.global.add.v2.f32 (Hopper+), the table gradient equals the
+    one of Triton's scalar atomics (and the torch path's) up to summation order."""
+    layout = grid_layout(dims, 8, 2, 14, 16, 1.45)
+    g = torch.Generator().manual_seed(dims)
+    n = 50_000
+    x = torch.rand(n, dims, generator=g).cuda()
+    x[: n // 2, :3] = x[0, :3] + 0.01 * x[: n // 2, :3]  # half the points in one small blob: rows hit many times
+    params = (torch.rand(layout.n_params, generator=g) * 2 - 1).cuda()
+    grad_out = torch.randn(n, layout.n_output_dims, generator=g).cuda()
+    grads = {}
+    for vector in (True, False):
+        monkeypatch.setattr(ht, "VECTOR_ATOMICS", vector)
+        p = params.clone().requires_grad_(True)
+        ht.hash_grid_encode_triton(x, p, layout).backward(grad_out)
+        grads[vector] = p.grad
+    ref = params.clone().requires_grad_(True)
+    hash_grid_encode(x, ref, layout).backward(grad_out)
+    assert ht.uses_vector_atomics(2, x.device) == (torch.cuda.get_device_capability()[0] >= 9)
+    assert grads[True].abs().sum() > 0
+    torch.testing.assert_close(grads[True], grads[False], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grads[True], ref.grad, atol=1e-3, rtol=1e-4)

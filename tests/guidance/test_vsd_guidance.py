@@ -451,8 +451,8 @@ def test_graphed_lora_loss_matches_eager_loss_and_gradients_across_optimizer_ste
             (loss * (step + 1)).backward()
             results.append((loss.detach(), [p.grad for p in trainable[m]]))
         torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
-        for a, b in zip(results[0][1], results[1][1]):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(results[0][1], results[1][1]):  # kernels may differ (graph capture): scale-relative
+            torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
         assert any(a.abs().sum() > 0 for a in results[0][1])
         with torch.no_grad():  # an optimizer step changes the values in place
             for m in (g, e):
