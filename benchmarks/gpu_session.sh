@@ -29,7 +29,7 @@
 #              then fourdfy_stage_3_vc's video branch alone
 #   levers8    stages 3 and 2 (random field, fast paths on), each then with session 8's switches off (the VSD LoRA
 #              loss replayed from CUDA graphs; in call B also TF32 matmuls, since removed): tagged runs "s8off"
-#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, the hash grid's vector atomics)
+#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, vector atomics, VAE attention backend)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -129,7 +129,7 @@ for part in "$@"; do
           --tag s8off --out "$OUT" $off
       done ;;
     newtests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_cuda_graph.py \
-      tests/guidance/test_vsd_guidance.py tests/field_components/ ;;
+      tests/guidance/test_vsd_guidance.py tests/guidance/test_zeroscope_guidance.py tests/field_components/ ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;
     vclv) iter_on configs/fourdfy_stage_3_low_vram_vc.yaml ;;
     estimate)
