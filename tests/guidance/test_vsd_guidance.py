@@ -9,6 +9,7 @@ from fourdfy import compat
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.data.batch import BatchKind, CameraBatch
 from fourdfy.errors import MissingWeightsError
+from fourdfy.guidance import precision
 from fourdfy.guidance.sd_loading import load_sd_components
 from fourdfy.guidance.stable_diffusion_vsd_guidance import StableDiffusionVSDGuidance, VSDNoise
 from fourdfy.prompt_processors.base import PromptEmbeddings
@@ -439,25 +440,28 @@ def test_graphed_lora_loss_matches_eager_loss_and_gradients_across_optimizer_ste
     gen = torch.Generator(device="cuda").manual_seed(1)
     z = torch.randn(B, 4, 8, 8, device="cuda", generator=gen)
     trainable = {m: [*m.lora_layers.parameters(), *m.camera_embedding.parameters()] for m in (g, e)}
-    for step in range(4):  # capture, then replays with new timesteps, noise and weights
-        t = torch.randint(0, 1000, (B,), device="cuda", generator=gen)
-        noise = torch.randn(z.shape, device="cuda", generator=gen)
-        cam = camera * (step % 2)  # the camera-dropout zeros, as a value: same graph
-        results = []
-        for m in (g, e):
-            for p in trainable[m]:
-                p.grad = None
-            loss = m.lora_loss(z, t, noise, cond, cam)
-            (loss * (step + 1)).backward()
-            results.append((loss.detach(), [p.grad for p in trainable[m]]))
-        torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
-        for a, b in zip(results[0][1], results[1][1]):  # kernels may differ (graph capture): scale-relative
-            torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
-        assert any(a.abs().sum() > 0 for a in results[0][1])
-        with torch.no_grad():  # an optimizer step changes the values in place
+    # fp32 weights run under strict fp32 math (network_math); the graphed backward was captured inside that scope,
+    # the eager backward runs outside it, where cuDNN may use TF32: strict fp32 throughout, so both sum alike
+    with precision.fp32_math(precision.Precision("fp32", torch.float32), cuda):
+        for step in range(4):  # capture, then replays with new timesteps, noise and weights
+            t = torch.randint(0, 1000, (B,), device="cuda", generator=gen)
+            noise = torch.randn(z.shape, device="cuda", generator=gen)
+            cam = camera * (step % 2)  # the camera-dropout zeros, as a value: same graph
+            results = []
             for m in (g, e):
                 for p in trainable[m]:
-                    p.sub_(0.1 * p.grad)
+                    p.grad = None
+                loss = m.lora_loss(z, t, noise, cond, cam)
+                (loss * (step + 1)).backward()
+                results.append((loss.detach(), [p.grad for p in trainable[m]]))
+            torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+            for a, b in zip(results[0][1], results[1][1]):  # kernels may differ (graph capture): scale-relative
+                torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+            assert any(a.abs().sum() > 0 for a in results[0][1])
+            with torch.no_grad():  # an optimizer step changes the values in place
+                for m in (g, e):
+                    for p in trainable[m]:
+                        p.sub_(0.1 * p.grad)
     assert len(g._graphed_lora_train.graphs) == 1 and e._graphed_lora_train.graphs == {}
     g.cpu()  # a move drops the train graphs too
     assert g._graphed_lora_train.graphs == {}
