@@ -10,7 +10,6 @@ Shared by the video guidances (ZeroScope now, VideoCrafter2 later). Layouts:
 The SDS math itself (noising, CFG, weights, the target-form loss) is in :mod:`fourdfy.guidance.sds`.
 """
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Optional, TypeVar
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from jaxtyping import Bool, Float
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fourdfy.config import ranged
 from fourdfy.utils.device_memory import fits_in_available_memory
@@ -45,14 +43,6 @@ class VaeEncoderConfig:
     convolutions work in it natively instead of transposing every activation to it and back. Same values up to the
     convolutions' summation order. Off until measured on a GPU (``benchmarks/vae_encoder.py`` times both layouts)."""
 
-    vae_attention_math: bool = True
-    """On CUDA, run the VAE encoder's attention on torch's math SDPA backend (two batched matrix products around a
-    softmax). That attention (the encoder's mid-block) is one head 512 wide over every latent pixel, 2880 of them
-    for a 320x576 frame; flash attention takes heads of at most 256, so torch picks its memory-efficient kernel,
-    whose backward took 19 ms per 16-frame ZeroScope clip on an H200 (session 8's profile of the video step). The
-    same function, rounded differently; it keeps the attention matrix of the frames being encoded (265 MB in fp16
-    for 16 ZeroScope frames). False: torch's choice."""
-
     vae_checkpoint_memory_fraction: float = ranged(0.5, ge=0.0, le=1.0)
     """``f > 0`` (default 0.5; with ``vae_checkpoint``): on a CUDA device, the frames with gradient are encoded in
     one call with their activations kept when the estimate of those activations (:func:`vae_activation_bytes`) is at
@@ -67,15 +57,6 @@ class VaeEncoderConfig:
     def checkpoint_frames(self) -> int:
         """Frames per checkpointed encoder call (0: no checkpointing)."""
         return self.vae_checkpoint_frames if self.vae_checkpoint else 0
-
-
-def vae_attention(cfg: VaeEncoderConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The SDPA backend for a VAE-encoder call on ``device`` (``vae_attention_math``): math on CUDA, else torch's
-    own choice. Enter it inside the function that activation checkpointing recomputes, so that the recompute in
-    backward runs the same kernels."""
-    if not cfg.vae_attention_math or device.type != "cuda":
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def vae_activation_bytes(n_frames: int, height: int, width: int, bytes_per_pixel: int, itemsize: int) -> int:

@@ -229,8 +229,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         factor = self.vae.config.scaling_factor
 
         def moments(x: Tensor) -> Tensor:  # deterministic: recomputed in backward under vae_checkpoint
-            with video_sds.vae_attention(self.cfg, x.device):
-                return self.vae.encode(x.to(dtype)).latent_dist.parameters
+            return self.vae.encode(x.to(dtype)).latent_dist.parameters
 
         def sample(m: Tensor) -> Tensor:
             return video_sds.vae_posterior_sample(m, factor, generator)

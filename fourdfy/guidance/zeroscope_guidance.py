@@ -301,8 +301,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
 
     def _encode_moments(self, images: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N C2 h2 w2"]:
         """The VAE posterior's parameters ``[mean; logvar]`` (deterministic), in the weights' dtype."""
-        with video_sds.vae_attention(self.cfg, images.device):
-            return self.vae.encode(images.to(self.weights_dtype)).latent_dist.parameters
+        return self.vae.encode(images.to(self.weights_dtype)).latent_dist.parameters
 
     def sample_draws(
         self, latents: Float[Tensor, "B C T h w"], generator: Optional[torch.Generator] = None

@@ -4,7 +4,6 @@ Most tests shrink the guidance's ``video_size`` (ZeroScope's 320x576) to a few p
 milliseconds; ``test_frames_are_resized_to_320x576`` runs the real size once.
 """
 
-import contextlib
 import hashlib
 
 import pytest
@@ -462,33 +461,3 @@ def test_vae_checkpoint_memory_fraction_skips_the_recompute_where_the_activation
         g.encode_video(torch.rand(2, 4, 6, 8, 3, requires_grad=True), torch.Generator().manual_seed(0)).sum().backward()
         hook.remove()
         assert sorted(calls) == expected
-
-
-def test_vae_attention_backend_is_math_on_cuda_only():
-    on, off = make_guidance().cfg, make_guidance(vae_attention_math=False).cfg
-    assert on.vae_attention_math is True and off.vae_attention_math is False
-    assert isinstance(video_sds.vae_attention(on, torch.device("cpu")), contextlib.nullcontext)
-    assert isinstance(video_sds.vae_attention(off, torch.device("cuda")), contextlib.nullcontext)
-    assert not isinstance(video_sds.vae_attention(on, torch.device("cuda")), contextlib.nullcontext)
-    with pytest.raises(ConfigError, match="vae_attention_math"):
-        make_guidance(vae_attention_math="always")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("checkpoint", [True, False])
-def test_vae_attention_math_gives_the_default_kernels_latents_and_gradients(checkpoint):
-    """The encoder's attention on the math backend against torch's own kernel choice, forward and backward to the
-    frames (also through the checkpointed recompute, which must run the same backend)."""
-    cuda = torch.device("cuda")
-    results = []
-    for math in (True, False):
-        g = make_guidance(low_ram_vae=-1, half_precision_weights=False, vae_attention_math=math,
-                          vae_checkpoint=checkpoint, vae_checkpoint_frames=3, vae_checkpoint_memory_fraction=0.0).to(cuda)
-        rgb = torch.rand(2, 4, 6, 8, 3, generator=torch.Generator().manual_seed(3)).to(cuda).requires_grad_(True)
-        z = g.encode_video(rgb, torch.Generator(device="cuda").manual_seed(4))
-        (z * torch.linspace(-1, 1, z.numel(), device="cuda").reshape(z.shape)).sum().backward()
-        results.append((z.detach(), rgb.grad))
-    (z_math, g_math), (z_default, g_default) = results
-    torch.testing.assert_close(z_math, z_default, atol=1e-4, rtol=1e-4)
-    assert g_math.abs().sum() > 0
-    torch.testing.assert_close(g_math, g_default, atol=1e-4, rtol=1e-3)
