@@ -29,9 +29,9 @@
 #              then fourdfy_stage_3_vc's video branch alone
 #   levers8    stages 3 and 2 (random field, fast paths on), each then with session 8's switches off (the VSD LoRA
 #              loss replayed from CUDA graphs; in call B also TF32 matmuls, since removed): tagged runs "s8off"
-#   levers8b   stage 3 (random field, fast paths on), then with session 8's config switches off (the graphed LoRA
-#              loss, the video VAE's math attention; the hash grid's vector atomics stay: hashgrid times them)
-#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, vector atomics, VAE attention backend)
+#   levers8b   stage 3 (random field, fast paths on), then with the graphed LoRA loss off (in call D also the video
+#              VAE's math attention, since removed; the hash grid's vector atomics stay: hashgrid times them)
+#   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, the hash grid's vector atomics)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
 OUT=${OUT:-benchmarks/results}
@@ -133,7 +133,7 @@ for part in "$@"; do
     levers8b)
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml --steps "${ITER_STEPS:-20}" --out "$OUT"
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml --steps "${ITER_STEPS:-20}" \
-        --tag s8off --out "$OUT" system.guidance.cuda_graph_lora_loss=false system.guidance_video.vae_attention_math=false ;;
+        --tag s8off --out "$OUT" system.guidance.cuda_graph_lora_loss=false ;;
     fixtests) run 200 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_vsd_guidance.py \
       tests/field_components/test_hash_grid_triton.py ;;
     newtests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_cuda_graph.py \

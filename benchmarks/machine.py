@@ -30,7 +30,7 @@ def slug(text: str) -> str:
 
 def versions(*packages: str) -> dict[str, Optional[str]]:
     """Python, torch, CUDA and cuDNN (None on a CPU build), the given packages' ``__version__`` (None when they do not
-    import) and the git commit of this checkout (None outside one)."""
+    import), the git commit of this checkout (None outside one) and whether the tracked files match it."""
     out: dict[str, Optional[str]] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -45,6 +45,11 @@ def versions(*packages: str) -> dict[str, Optional[str]]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         out["fourdfy_commit"] = commit.stdout.strip() or None
+        # a copied working tree (the lent GPU machine's) may sit on an older HEAD: say whether it differs from it
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+        out["fourdfy_tree_matches_commit"] = status.returncode == 0 and not status.stdout.strip()
     except Exception:  # noqa: BLE001
         out["fourdfy_commit"] = None
+        out["fourdfy_tree_matches_commit"] = None
     return out
