@@ -101,7 +101,8 @@ class GraphedTrainForward:
     launch thousands of small kernels with the same shapes every step, and the host launching them is the bottleneck.
     Captured with ``torch.cuda.make_graphed_callables`` (a forward and a backward graph sharing one memory pool)
     lazily, on the first CUDA call with gradients enabled, one pair per call signature (:func:`call_signature`;
-    under autocast, captured with that autocast dtype and the cast cache off, like :class:`GraphedForward`).
+    under autocast, captured with that autocast dtype and the cast cache off, like :class:`GraphedForward`) and set
+    of trainable parameters that require a gradient.
     Anything else (CPU, ``no_grad``, an input that requires grad) runs ``fn`` eagerly.
 
     Rules for the caller (those of ``make_graphed_callables``): ``fn`` makes no host sync and has no data-dependent
@@ -119,11 +120,12 @@ class GraphedTrainForward:
     def __call__(self, *tensors: Tensor) -> Tensor:
         if not tensors[0].is_cuda or not torch.is_grad_enabled() or any(t.requires_grad for t in tensors):
             return self.fn(*tensors)
-        key = call_signature(tensors)
+        # which parameters need a gradient is part of what a backward graph computes: a change captures anew
+        key = (call_signature(tensors), tuple(p.requires_grad for p in self.trainable.parameters()))
         with torch.cuda.device(tensors[0].device):
             graphed = self.graphs.get(key)
             if graphed is None:
-                graphed = self._capture(tensors, autocast_dtype=key[0][1])
+                graphed = self._capture(tensors, autocast_dtype=key[0][0][1])
                 self.graphs[key] = graphed
             return graphed(*tensors)
 

@@ -174,8 +174,14 @@ def test_graphed_train_forward_matches_eager_forward_and_backward_after_in_place
                 for p in model.trainable.parameters():
                     p.sub_(0.05 * p.grad)
     assert len(fn.graphs) == 1
+    down, up = graphed_m.trainable
+    down.requires_grad_(False)  # a parameter frozen after capture: another backward graph, and no gradient for it
+    graphed_m.zero_grad(set_to_none=True)
+    fn(x, s).square().sum().backward()
+    assert down.weight.grad is None and up.weight.grad is not None and len(fn.graphs) == 2
+    down.requires_grad_(True)
     x = torch.randn(8, 16, device="cuda", generator=gen, requires_grad=True)
     fn(x, s).sum().backward()  # an input that needs a gradient is not what the graphs were captured for: eager
-    assert x.grad is not None and len(fn.graphs) == 1
+    assert x.grad is not None and len(fn.graphs) == 2
     fn.reset()
     assert fn.graphs == {}
