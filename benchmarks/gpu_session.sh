@@ -27,10 +27,9 @@
 #   profile3   fourdfy_stage_3, one process per branch (multi-view, single view, video alone, by their probabilities),
 #              a torch.profiler table of ITER_PROFILE (default 2) steps each: where each branch's GPU time goes;
 #              then fourdfy_stage_3_vc's video branch alone
-#   levers8    stages 3 and 2 (random field, fast paths on), each then with session 8's switches off (the VSD LoRA
-#              loss replayed from CUDA graphs; in call B also TF32 matmuls, since removed): tagged runs "s8off"
-#   levers8b   stage 3 (random field, fast paths on), then with the graphed LoRA loss off (in call D also the video
-#              VAE's math attention, since removed; the hash grid's vector atomics stay: hashgrid times them)
+#   levers8    stages 3 and 2 (random field, fast paths on), each then with the VSD LoRA loss's CUDA graphs off:
+#              tagged runs "s8off" (session 8 ran it as two parts; their "off" runs also had a switch since removed
+#              off: TF32 matmuls in call B, the video VAE's math attention in call D)
 #   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, the hash grid's vector atomics)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
 set -u
@@ -56,6 +55,13 @@ iter_off() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$@" --steps "${ITER_STEPS:-20}" --fast-paths off --out "$OUT"
 }
 iter() { iter_on "$@"; iter_off "$@"; }
+# one stage (1, 2 or 3; the late phase), random field, fast paths on, then a run tagged $2 with the overrides after it
+on_off() {
+  local c="configs/fourdfy_stage_$1.yaml" tag=$2; shift 2
+  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --phase late --steps "${ITER_STEPS:-20}" --out "$OUT"
+  run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --phase late --steps "${ITER_STEPS:-20}" \
+    --tag "$tag" --out "$OUT" "$@"
+}
 for part in "$@"; do
   case "$part" in
     tests) run 420 python3 -m pytest -q -n "${TEST_WORKERS:-8}" -rs -p no:cacheprovider tests ;;
@@ -108,12 +114,8 @@ for part in "$@"; do
     threads)  # stage 3 with 4 CPU threads for torch's host-side tensor work (camera batches): a tagged run beside base3
       run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml \
         --steps "${ITER_STEPS:-20}" --cpu-threads 4 --tag threads4 --out "$OUT" ;;
-    levers1|levers2|levers3)  # one stage, random field, fast paths on, then with the optimizer's default
-      # implementation (unfused, a tagged run)
-      c="configs/fourdfy_stage_${part#levers}.yaml"; ph=$([ "${part#levers}" = 3 ] || echo "--phase late")
-      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" --out "$OUT"
-      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" $ph --steps "${ITER_STEPS:-20}" \
-        --tag unfused --out "$OUT" system.optimizer.fused=false ;;
+    levers1|levers2|levers3)  # one stage, then with the optimizer's default implementation (unfused)
+      on_off "${part#levers}" unfused system.optimizer.fused=false ;;
     profile3)
       for b in "mv data.prob_multi_view=1.0" "sv data.prob_multi_view=0.0 data.single_view.prob_single_view_video=0.0" \
                "video data.prob_multi_view=0.0 data.single_view.prob_single_view_video=1.0" \
@@ -123,19 +125,8 @@ for part in "$@"; do
           --min-per-branch 1 --breakdown-steps 1 --no-count-syncs --profile "${ITER_PROFILE:-2}" \
           --profile-sort "${ITER_PROFILE_SORT:-cuda}" --tag "only_$1" --out "$OUT" "${@:2}"
       done ;;
-    levers8)
-      off="system.guidance.cuda_graph_lora_loss=false"
-      for c in configs/fourdfy_stage_3.yaml "configs/fourdfy_stage_2.yaml --phase late"; do
-        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config $c --steps "${ITER_STEPS:-20}" --out "$OUT"
-        run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config $c --steps "${ITER_STEPS:-20}" \
-          --tag s8off --out "$OUT" $off
-      done ;;
-    levers8b)
-      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml --steps "${ITER_STEPS:-20}" --out "$OUT"
-      run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config configs/fourdfy_stage_3.yaml --steps "${ITER_STEPS:-20}" \
-        --tag s8off --out "$OUT" system.guidance.cuda_graph_lora_loss=false ;;
-    fixtests) run 200 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_vsd_guidance.py \
-      tests/field_components/test_hash_grid_triton.py ;;
+    levers8)  # stage 3, then stage 2, each then with the graphed LoRA loss off
+      for stage in 3 2; do on_off "$stage" s8off system.guidance.cuda_graph_lora_loss=false; done ;;
     newtests) run 300 python3 -m pytest -q -n 4 -rs -p no:cacheprovider tests/guidance/test_cuda_graph.py \
       tests/guidance/test_vsd_guidance.py tests/guidance/test_zeroscope_guidance.py tests/field_components/ ;;
     s3lv) iter_on configs/fourdfy_stage_3_low_vram.yaml ;;

@@ -24,6 +24,14 @@ def call_signature(tensors: tuple[Tensor, ...]) -> tuple:
     return (state, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
 
 
+def capture_autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The autocast state a graph is captured under: none, or ``dtype`` with the cast cache off (a cached cast must
+    not outlive the capture)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
+
+
 class GraphedForward:
     """Wrap ``fn(*tensors) -> Tensor`` (a pure function of its tensor arguments, no host syncs inside).
 
@@ -61,20 +69,15 @@ class GraphedForward:
         self.graphs.clear()
 
     def _capture(self, tensors: tuple[Tensor, ...], autocast_dtype: torch.dtype | None = None) -> tuple:
-        def autocast() -> contextlib.AbstractContextManager:
-            if autocast_dtype is None:
-                return contextlib.nullcontext()
-            return torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
-
         static_in = [t.clone() for t in tensors]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), autocast():
+        with torch.cuda.stream(side), capture_autocast(autocast_dtype):
             for _ in range(self.warmup):
                 self.fn(*static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), autocast():
+        with torch.cuda.graph(graph), capture_autocast(autocast_dtype):
             static_out = self.fn(*static_in)
         return graph, static_in, static_out
 
@@ -120,12 +123,13 @@ class GraphedTrainForward:
     def __call__(self, *tensors: Tensor) -> Tensor:
         if not tensors[0].is_cuda or not torch.is_grad_enabled() or any(t.requires_grad for t in tensors):
             return self.fn(*tensors)
+        signature = call_signature(tensors)
         # which parameters need a gradient is part of what a backward graph computes: a change captures anew
-        key = (call_signature(tensors), tuple(p.requires_grad for p in self.trainable.parameters()))
+        key = (signature, tuple(p.requires_grad for p in self.trainable.parameters()))
         with torch.cuda.device(tensors[0].device):
             graphed = self.graphs.get(key)
             if graphed is None:
-                graphed = self._capture(tensors, autocast_dtype=key[0][0][1])
+                graphed = self._capture(tensors, autocast_dtype=signature[0][1])
                 self.graphs[key] = graphed
             return graphed(*tensors)
 
@@ -135,9 +139,7 @@ class GraphedTrainForward:
 
     def _capture(self, tensors: tuple[Tensor, ...], autocast_dtype: torch.dtype | None) -> Callable[..., Tensor]:
         module = _TrainableCall(self.fn, self.trainable)
-        context = (contextlib.nullcontext() if autocast_dtype is None
-                   else torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False))  # fmt: skip
-        with context, warnings.catch_warnings():
+        with capture_autocast(autocast_dtype), warnings.catch_warnings():
             # the warm-up runs on a side stream while the parameters' gradient accumulators were made on the default
             # one: torch warns once per capture; replays run on the caller's stream
             warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
