@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_session.sh tests hashgrid s3 vc s1 s2 estimate
 # writes JSON + a log under $OUT (or benchmarks/results/). Parts:
 #   tests      the whole test suite on the GPU machine (fast paths compared there against the pure paths)
+#   gridlayouts  benchmarks/hash_grid.py with the points of a video step (16 frames of one camera) and clustered
+#              in a small ball: how much atomic collisions slow the backward (JSONs hash_grid_<card>_<layout>.json)
 #   precision  benchmarks/precision.py (every frozen network, every dtype)
 #   hashgrid   benchmarks/hash_grid.py (the hash grid and its MLP alone, 1 M points, 3-D and 4-D, fast vs torch)
 #   base1 base3  fourdfy_stage_1 / _3, random field, fast paths on only (baselines for memfrac and vaeloop)
@@ -67,6 +69,7 @@ for part in "$@"; do
     tests) run 420 python3 -m pytest -q -n "${TEST_WORKERS:-8}" -rs -p no:cacheprovider tests ;;
     precision) run 300 python3 benchmarks/precision.py --max-seconds "${PRECISION_SECONDS:-240}" --out-dir "$OUT" ;;
     hashgrid) run 120 python3 benchmarks/hash_grid.py --out "$OUT" ;;
+    gridlayouts) for l in video clustered; do run 120 python3 benchmarks/hash_grid.py --layout "$l" --out "$OUT"; done ;;
     vae) run 240 python3 benchmarks/vae_encoder.py --out "$OUT" ;;
     s1) iter configs/fourdfy_stage_1.yaml --phase late ;;
     s2) iter configs/fourdfy_stage_2.yaml --phase late ;;

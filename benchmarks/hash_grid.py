@@ -14,6 +14,12 @@ inputs), at ``--points`` points (default 1 M):
   under fp16 autocast on CUDA, as ``trainer.precision: 16-mixed`` runs it; on CPU ``precision: autocast`` under bf16,
   since ``auto`` keeps CPU in fp32), with the relative error of the reduced output against fp32.
 
+``--layout`` places the points: ``uniform`` (default; independent uniform points, the fewest atomic collisions in
+the backward), ``video`` (what a video step renders: ``--frames`` frames of one camera, frame-major, so every
+spatial point recurs once per frame, at the frame's time for the 4-D grid) or ``clustered`` (every point inside a
+ball of radius 0.1 at the centre, like samples on a small object). Those two measure how much the backward's
+atomic scatter slows when many points add into the same table rows.
+
 Timing: ``--warmup`` untimed calls, then ``--repeats`` timed calls; median / p10 / p90 milliseconds (CUDA events on
 GPU, ``perf_counter`` on CPU). Peak memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during the timed
 calls above what was allocated before them; on CPU the process's peak resident set (``ru_maxrss``, an upper bound).
@@ -61,6 +67,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
     p.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "fourdfy_stage_3.yaml",
                    help="YAML whose system.geometry pos_encoding_config / mlp_network_config are used")  # fmt: skip
+    p.add_argument("--layout", choices=("uniform", "video", "clustered"), default="uniform",
+                   help="where the points lie (see above); the JSON name gets _<layout> unless uniform")
+    p.add_argument("--frames", type=int, default=16, help="frames of the video layout (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="folder of the JSON")
     args = p.parse_args(argv)
@@ -116,12 +125,29 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     return out | {"peak_mem_mib": peak_mib}
 
 
+def sample_points(n: int, dims: int, layout: str, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, dims]`` points in ``[0, 1]^dims`` placed by ``layout`` (see the module docstring); for the 4-D grid
+    the last column is time."""
+    if layout == "uniform":
+        return torch.rand(n, dims, generator=generator)
+    if layout == "clustered":
+        direction = torch.nn.functional.normalize(torch.randn(n, dims, generator=generator), dim=-1)
+        radius = 0.1 * torch.rand(n, 1, generator=generator) ** (1.0 / dims)
+        return 0.5 + direction * radius
+    per_frame = -(-n // frames)
+    spatial = torch.rand(per_frame, 3, generator=generator).repeat(frames, 1)[:n]  # frame-major: frame f is block f
+    if dims == 3:
+        return spatial
+    t = (torch.arange(frames, dtype=torch.float32) / max(frames - 1, 1)).repeat_interleave(per_frame)[:n, None]
+    return torch.cat([spatial, t], dim=-1)
+
+
 def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) -> list[dict]:
     """Rows for the 3-D and 4-D grids in every available implementation."""
     rows: list[dict] = []
     for dims, name in ((3, "grid3 (static)"), (4, "grid4 (x, t)")):
         g = torch.Generator(device="cpu").manual_seed(args.seed + dims)
-        x = torch.rand(args.points, dims, generator=g).to(device)
+        x = sample_points(args.points, dims, args.layout, args.frames, g).to(device)
         grad = torch.randn(args.points, grid_cfg["n_levels"] * grid_cfg["n_features_per_level"], generator=g).to(device)
         torch.manual_seed(args.seed)
         reference = HashGrid(dims, **grid_cfg, implementation="torch").to(device)
@@ -198,7 +224,7 @@ def bench_mlp(args: argparse.Namespace, device: torch.device, mlp_cfg: dict, wid
 def print_table(report: dict) -> None:
     """One line per measurement."""
     print(f"{report['card']}  torch {report['versions']['torch']}  cuda {report['versions']['cuda']}  "
-          f"triton {report['versions']['triton']}  points {report['args']['points']}")  # fmt: skip
+          f"triton {report['versions']['triton']}  points {report['args']['points']}  layout {report['layout']}")  # fmt: skip
     head = f"{'part':<16} {'mode':<38} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'rel err':>9}"
     print(head)
     print("-" * len(head))
@@ -221,10 +247,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     card = card_name(device)
     report = {
         "benchmark": "hash_grid",
+        "layout": args.layout,
         "card": card,
         "device": str(device),
         "versions": versions("triton", "tinycudann"),
-        "args": {"points": args.points, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
+        "args": {"points": args.points, "layout": args.layout, "frames": args.frames, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
                  "config": str(args.config.resolve().relative_to(REPO_ROOT)) if args.config.resolve().is_relative_to(
                      REPO_ROOT) else str(args.config)},  # fmt: skip
         "grid_config": grid_cfg,
@@ -235,7 +262,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     }
     print_table(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"hash_grid_{slug(card)}.json"
+    suffix = "" if args.layout == "uniform" else f"_{args.layout}"
+    path = args.out / f"hash_grid_{slug(card)}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
     return report

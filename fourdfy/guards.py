@@ -6,7 +6,10 @@
    shows up as a bad averaged gradient on every rank, so every rank stops at the same check);
 2. the gradients of the optimized parameters, before the optimizer step (skipped under ``16-mixed`` precision,
    whose gradient scaler skips steps with non-finite gradients by design);
-3. the optimized parameters, after the optimizer step;
+3. the optimized parameters that require a gradient, after the optimizer step (4D-fy's ``guidance_single_view``
+   group hands the whole VSD guidance to the optimizer, frozen UNets included: ~1,900 tensors and over a billion
+   values that no step changes, whose check cost every stage-2/3 step a temporary copy of them and tens of
+   milliseconds);
 4. every occupancy grid (a module with ``occs`` and ``binaries`` buffers): its values must stay finite and, once it
    has had an occupied cell, it must not become empty (nothing would be rendered any more).
 
@@ -122,8 +125,9 @@ class DivergenceGuard(pl.Callback):
         self, trainer: Any, pl_module: torch.nn.Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step - 1  # the optimizer step has counted
-        params = optimized_parameters(trainer.optimizers)
-        keys, flags = finite_flags([(i, p.detach()) for i, p in enumerate(params)])
+        params = [p for p in optimized_parameters(trainer.optimizers) if p.requires_grad]
+        with torch.no_grad():
+            keys, flags = finite_flags(list(enumerate(params)))
         checks = self._pending + [_Check("parameter", step, keys, flags, params=params)]
         if self._grids is None or self._grids[0] != id(pl_module):  # the module tree is walked once
             self._grids = (id(pl_module), occupancy_grids(pl_module))

@@ -45,3 +45,24 @@ def test_cpu_smoke_run_writes_the_report(tmp_path):
     assert mlp["fp32"]["rel_err_vs_fp32"] == 0.0
     assert 0.0 < mlp["autocast"]["rel_err_vs_fp32"] < 0.05
     assert mlp["autocast"]["output_dtype"] == "float32"
+
+
+def test_point_layouts():
+    """The video layout repeats each spatial point once per frame (frame-major) at the frame's time; the clustered
+    one stays inside its ball; all stay in the unit cube."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.hash_grid import sample_points
+
+    g = torch.Generator().manual_seed(0)
+    video = sample_points(64, 4, "video", 4, g)
+    assert video.shape == (64, 4)
+    frames = video.reshape(4, 16, 4)
+    assert torch.equal(frames[0, :, :3], frames[3, :, :3]) and not torch.equal(frames[0, :3, :3], frames[0, 1:4, :3])
+    assert torch.allclose(frames[:, :, 3], torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])[:, None].expand(4, 16))
+    assert torch.equal(sample_points(64, 3, "video", 4, torch.Generator().manual_seed(0)), video[:, :3])
+    clustered = sample_points(1000, 3, "clustered", 4, g)
+    assert (clustered - 0.5).norm(dim=-1).max() <= 0.1 + 1e-6
+    uniform = sample_points(1000, 4, "uniform", 4, g)
+    assert uniform.min() >= 0 and uniform.max() <= 1 and uniform[:, 3].unique().numel() == 1000

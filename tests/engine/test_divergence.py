@@ -113,6 +113,14 @@ def test_non_finite_parameter_and_emptied_occupancy_grid():
     grid.occs[0] = float("nan")
     with pytest.raises(DivergenceError, match="holds NaN/inf densities"):
         guard.on_train_batch_end(fake_trainer(3, model), model, None, None, 0)
+    grid.occs[0] = 0.0
+    grid.binaries[0, 0, 0, 0] = True
+    # a frozen tensor in an optimizer group (4D-fy's VSD group holds the frozen UNets) is not the optimizer's to
+    # change, and is not checked: the guard reads only parameters that require a gradient
+    model.geometry.weight.requires_grad_(False)
+    with torch.no_grad():
+        model.geometry.weight[0, 0] = float("nan")
+    guard.on_train_batch_end(fake_trainer(4, model), model, None, None, 0)
     with torch.no_grad():
         model.geometry.bias[0] = float("inf")
     with pytest.raises(DivergenceError, match=r"step 4: parameter geometry.bias became inf or NaN.*lr=5"):
