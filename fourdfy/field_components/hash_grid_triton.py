@@ -17,6 +17,14 @@ forward). With 2 features per level (4D-fy's grids) and a Hopper or newer GPU, e
 ``red.global.add.v2.f32`` (PTX, sm_90) instead of two scalar atomics: half the atomic transactions, the same sums
 (in another order, like any atomic scatter). Elsewhere (other feature counts, older GPUs, the CPU interpreter)
 Triton's scalar ``atomic_add`` runs.
+
+Level-interleaved launch order (:data:`INTERLEAVE_LEVELS`): a kernel program handles one level of one block of
+points. The GPU starts programs in order of their index, so with the level as the slow index every program in flight
+works on the same level; at the coarse levels (16^3 cells) the points of a small object then add into a few dozen
+rows all at once, and the atomic adds to one address serialise (twice the backward time of spread-out points, see
+``benchmarks/hash_grid.py --layout clustered``). With the level as the fast index the programs in flight spread over
+all L levels, a block's levels run side by side (its points and gradient rows are read while in cache), and the
+collisions at any one level drop by about L. Same sums.
 """
 
 import functools
@@ -42,6 +50,17 @@ BLOCK = 128
 VECTOR_ATOMICS = True
 """Let the backward kernel scatter 2-feature rows with one vector atomic where it can (see the module docstring);
 false: always Triton's scalar atomics (for comparisons)."""
+
+
+INTERLEAVE_LEVELS = True
+"""Launch the programs level-fastest (see the module docstring); false: level-major, for comparisons."""
+
+
+def launch_grid(n_points: int, n_levels: int) -> tuple[int, ...]:
+    """The kernels' launch grid: ``(L * blocks,)`` level-fastest when :data:`INTERLEAVE_LEVELS`, else ``(blocks,
+    L)`` (a 1-D grid because the second dimension is capped at 65,535 blocks, 8 M points)."""
+    blocks = (n_points + BLOCK - 1) // BLOCK
+    return (n_levels * blocks,) if INTERLEAVE_LEVELS else (blocks, n_levels)
 
 
 def uses_vector_atomics(n_features: int, device: torch.device) -> bool:
@@ -88,6 +107,14 @@ if triton is not None:
         pos = tl.load(x_ptr + offs * D + d, mask=mask, other=0.0) * scale + 0.5
         cell_f = tl.floor(pos)
         return cell_f.to(tl.int64), pos - cell_f
+
+    @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
+    @triton.jit
+    def _block_and_level(L: tl.constexpr, INTERLEAVE: tl.constexpr):
+        """This program's block of points and level (see :func:`launch_grid`)."""
+        if INTERLEAVE:
+            return tl.program_id(0) // L, tl.program_id(0) % L
+        return tl.program_id(0), tl.program_id(1)
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
@@ -142,11 +169,10 @@ if triton is not None:
     @triton.jit(do_not_specialize=["N"])
     def _hash_grid_fwd(
         x_ptr, params_ptr, out_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr, strides_ptr, N,
-        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, INTERLEAVE: tl.constexpr,
         P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        level = tl.program_id(1)
+        pid, level = _block_and_level(L, INTERLEAVE)
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
@@ -177,11 +203,10 @@ if triton is not None:
     def _hash_grid_bwd(
         x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr,
         strides_ptr, N, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
-        NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr, VEC2: tl.constexpr,
+        NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr, VEC2: tl.constexpr, INTERLEAVE: tl.constexpr,
         P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        level = tl.program_id(1)
+        pid, level = _block_and_level(L, INTERLEAVE)
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
@@ -255,10 +280,10 @@ class _TritonHashGrid(torch.autograd.Function):
         f, n_levels = layout.n_features_per_level, len(layout.levels)
         out = torch.empty(n, n_levels * f, dtype=torch.float32, device=x.device)
         primes = HASH_PRIMES[:4]
-        grid = (triton.cdiv(n, BLOCK), n_levels)
+        grid = launch_grid(n, n_levels)
         _hash_grid_fwd[grid](
             xc, table, out, *level_tables(layout, x.device), n, D=d, F=f, L=n_levels, BLOCK=BLOCK,
-            P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+            INTERLEAVE=len(grid) == 1, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
         ctx.save_for_backward(xc, table)
         ctx.layout = layout
@@ -276,11 +301,11 @@ class _TritonHashGrid(torch.autograd.Function):
         grad_params = torch.zeros_like(table) if need_params else table.new_zeros(1)
         grad_x = torch.zeros_like(xc) if need_x else xc.new_zeros(1)
         primes = HASH_PRIMES[:4]
-        grid = (triton.cdiv(n, BLOCK), n_levels)
+        grid = launch_grid(n, n_levels)
         _hash_grid_bwd[grid](
             xc, table, grad_out.contiguous().float(), grad_params, grad_x, *level_tables(layout, xc.device), n,
             D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
-            VEC2=need_params and uses_vector_atomics(f, xc.device),
+            VEC2=need_params and uses_vector_atomics(f, xc.device), INTERLEAVE=len(grid) == 1,
             P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
         x_dtype, p_dtype = ctx.dtypes

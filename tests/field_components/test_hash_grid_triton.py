@@ -108,5 +108,44 @@ def test_vector_atomics_give_the_scalar_atomics_gradient(dims, monkeypatch):
     monkeypatch.setattr(ht, "VECTOR_ATOMICS", True)
     assert ht.uses_vector_atomics(2, x.device) == (torch.cuda.get_device_capability()[0] >= 9)
     assert grads[True].abs().sum() > 0
-    torch.testing.assert_close(grads[True], grads[False], atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(grads[True], ref.grad, atol=1e-3, rtol=1e-4)
+    # atomic adds sum a row's terms in any order: fp32 rounding grows with the row's sum of |terms| (thousands of
+    # terms in the blob's coarse rows), so the bound is relative to that sum, from the torch path on |grad_out|
+    magnitude = params.clone().requires_grad_(True)
+    hash_grid_encode(x, magnitude, layout).backward(grad_out.abs())
+    bound = 1e-4 * magnitude.grad + 1e-6
+    assert ((grads[True] - grads[False]).abs() <= bound).all()
+    assert ((grads[True] - ref.grad).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dims", [3, 4])
+def test_level_interleaved_launch_gives_the_level_major_results(dims, monkeypatch):
+    """The launch order (levels fastest, the default, or level-major) changes which programs run together, not what
+    they compute: the same encoding bit for bit, the same gradients up to the atomic adds' summation order, both
+    equal to the torch path's."""
+    layout = grid_layout(dims, 6, 2, 12, 8, 1.5)
+    g = torch.Generator().manual_seed(10 + dims)
+    n = 3000
+    x = torch.rand(n, dims, generator=g)
+    x[: n // 2, :3] = x[0, :3] + 0.02 * x[: n // 2, :3]  # a small blob: coarse rows hit by many points
+    x = x.to(DEVICE).requires_grad_(True)
+    params = ((torch.rand(layout.n_params, generator=g) * 2 - 1) * 0.1).to(DEVICE)
+    grad_out = torch.randn(n, layout.n_output_dims, generator=g).to(DEVICE)
+    results = {}
+    for interleave in (True, False):
+        monkeypatch.setattr(ht, "INTERLEAVE_LEVELS", interleave)
+        assert len(ht.launch_grid(n, 6)) == (1 if interleave else 2)
+        p = params.clone().requires_grad_(True)
+        xi = x.detach().clone().requires_grad_(True)
+        out = ht.hash_grid_encode_triton(xi, p, layout)
+        out.backward(grad_out)
+        results[interleave] = (out.detach(), p.grad, xi.grad)
+    ref_p = params.clone().requires_grad_(True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = hash_grid_encode(ref_x, ref_p, layout)
+    ref.backward(grad_out)
+    assert torch.equal(results[True][0], results[False][0])
+    torch.testing.assert_close(results[True][0], ref.detach(), atol=1e-6, rtol=1e-5)
+    assert results[True][1].abs().sum() > 0 and results[True][2].abs().sum() > 0
+    for got in (results[True], results[False]):
+        torch.testing.assert_close(got[1], ref_p.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[2], ref_x.grad, atol=1e-3, rtol=1e-4)
