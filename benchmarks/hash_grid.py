@@ -7,8 +7,8 @@ inputs), at ``--points`` points (default 1 M):
   ``--config`` (default ``configs/fourdfy_stage_3.yaml``, which extends stages 2 and 1: 16 levels, 2 features per
   level, log2 hashmap size 19, base resolution 16, per-level scale 1.447 for both grids), in every implementation
   that can run here: ``torch`` always, ``triton`` when Triton imports and the input is on CUDA, ``tcnn`` when
-  tinycudann imports and the input is on CUDA; Triton also with scalar atomics (where vector atomics run) and with
-  its programs launched level-major (``INTERLEAVE_LEVELS`` off);
+  tinycudann imports and the input is on CUDA; Triton also with scalar atomics (where vector atomics run) and in two
+  other launch orders (``INTERLEAVE_BYTES``: every level level-major, every level level-fastest);
 * the density MLP (``system.geometry.mlp_network_config`` of the same YAML, 4D-fy's 32 -> 64 -> 1 ReLU MLP) on
   ``[N, 32]`` standard-normal features (a trained grid's scale; the fresh grid's ``U(-1e-4, 1e-4)`` table would feed
   it values near fp16's subnormal range): ``precision: fp32`` vs the reduced-precision mode under autocast (``precision: auto``
@@ -178,16 +178,19 @@ def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) 
                 rows.append({"part": name, "mode": "triton, scalar atomics", "points": args.points,
                              "n_params": grid.layout.n_params, "forward": fwd, "forward_backward": fb_scalar})  # fmt: skip
             if impl == "triton":
-                # the kernels' programs launched level-major (every program in flight on one level), as before
-                # session 9: what the level-interleaved order gains where points collide
-                hash_grid_triton.INTERLEAVE_LEVELS = False
-                try:
-                    fwd_major = measure(forward, device, args.repeats, args.warmup)
-                    fb_major = measure(forward_backward, device, args.repeats, args.warmup)
-                finally:
-                    hash_grid_triton.INTERLEAVE_LEVELS = True
-                rows.append({"part": name, "mode": "triton, level-major launch", "points": args.points,
-                             "n_params": grid.layout.n_params, "forward": fwd_major, "forward_backward": fb_major})  # fmt: skip
+                # other launch orders (hash_grid_triton.INTERLEAVE_BYTES): every level level-major (as before
+                # session 9), and every level level-fastest; the default interleaves only the coarse levels
+                default_bytes = hash_grid_triton.INTERLEAVE_BYTES
+                for label, budget in (("level-major launch", 0), ("all levels interleaved", 2**40)):
+                    hash_grid_triton.INTERLEAVE_BYTES = budget
+                    try:
+                        fwd_order = measure(forward, device, args.repeats, args.warmup)
+                        fb_order = measure(forward_backward, device, args.repeats, args.warmup)
+                    finally:
+                        hash_grid_triton.INTERLEAVE_BYTES = default_bytes
+                    rows.append({"part": name, "mode": f"triton, {label}", "points": args.points,
+                                 "n_params": grid.layout.n_params, "forward": fwd_order,
+                                 "forward_backward": fb_order})  # fmt: skip
             del grid
     return rows
 

@@ -18,13 +18,14 @@ forward). With 2 features per level (4D-fy's grids) and a Hopper or newer GPU, e
 (in another order, like any atomic scatter). Elsewhere (other feature counts, older GPUs, the CPU interpreter)
 Triton's scalar ``atomic_add`` runs.
 
-Level-interleaved launch order (:data:`INTERLEAVE_LEVELS`): a kernel program handles one level of one block of
-points. The GPU starts programs in order of their index, so with the level as the slow index every program in flight
-works on the same level; at the coarse levels (16^3 cells) the points of a small object then add into a few dozen
-rows all at once, and the atomic adds to one address serialise (twice the backward time of spread-out points, see
-``benchmarks/hash_grid.py --layout clustered``). With the level as the fast index the programs in flight spread over
-all L levels, a block's levels run side by side (its points and gradient rows are read while in cache), and the
-collisions at any one level drop by about L. Same sums.
+Launch order (:data:`INTERLEAVE_BYTES`): a kernel program handles one level of one block of points, and the GPU
+starts programs in order of their index. Level-major order (every program in flight on the same level) keeps one
+level's table in L2 at a time, which the hashed fine levels need (4 MB each; all 16 of them interleaved spill L2
+and made the uniform-point backward 1.5x slower on an H200), but at the coarse levels (16^3 cells) the points of a
+small object then all add into a few dozen rows at once, and atomic adds to one address serialise (1.8x the
+backward time of spread-out points, ``benchmarks/hash_grid.py --layout clustered``). So the leading (coarse, small)
+levels whose tables fit in :data:`INTERLEAVE_BYTES` together are launched level-fastest, a block of points taking
+all of them side by side, and the remaining levels level-major after them. Same sums.
 """
 
 import functools
@@ -52,15 +53,23 @@ VECTOR_ATOMICS = True
 false: always Triton's scalar atomics (for comparisons)."""
 
 
-INTERLEAVE_LEVELS = True
-"""Launch the programs level-fastest (see the module docstring); false: level-major, for comparisons."""
+INTERLEAVE_BYTES = 8 * 2**20
+"""Table bytes of the leading levels launched level-fastest (see the module docstring); 0: level-major throughout,
+for comparisons."""
 
 
-def launch_grid(n_points: int, n_levels: int) -> tuple[int, ...]:
-    """The kernels' launch grid: ``(L * blocks,)`` level-fastest when :data:`INTERLEAVE_LEVELS`, else ``(blocks,
-    L)`` (a 1-D grid because the second dimension is capped at 65,535 blocks, 8 M points)."""
-    blocks = (n_points + BLOCK - 1) // BLOCK
-    return (n_levels * blocks,) if INTERLEAVE_LEVELS else (blocks, n_levels)
+def interleaved_levels(layout: GridLayout) -> int:
+    """How many leading levels the kernels launch level-fastest: the most whose fp32 tables fit together in
+    :data:`INTERLEAVE_BYTES`, at least 1 (one level alone is level-major order)."""
+    row_bytes = 4 * layout.n_features_per_level
+    fitting = [i for i, lv in enumerate(layout.levels) if (lv.offset + lv.size) * row_bytes <= INTERLEAVE_BYTES]
+    return max(1, len(fitting))
+
+
+def launch_grid(n_points: int, n_levels: int) -> tuple[int]:
+    """The kernels' 1-D launch grid, one program per level and block of ``BLOCK`` points (1-D because a grid's
+    second dimension is capped at 65,535 blocks)."""
+    return (n_levels * ((n_points + BLOCK - 1) // BLOCK),)
 
 
 def uses_vector_atomics(n_features: int, device: torch.device) -> bool:
@@ -110,11 +119,15 @@ if triton is not None:
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
-    def _block_and_level(L: tl.constexpr, INTERLEAVE: tl.constexpr):
-        """This program's block of points and level (see :func:`launch_grid`)."""
-        if INTERLEAVE:
-            return tl.program_id(0) // L, tl.program_id(0) % L
-        return tl.program_id(0), tl.program_id(1)
+    def _block_and_level(N, BLOCK: tl.constexpr, C: tl.constexpr):
+        """This program's block of points and level: programs ``[0, C * blocks)`` take levels ``0..C-1``
+        level-fastest, the rest the remaining levels level-major (see :func:`interleaved_levels`)."""
+        p = tl.program_id(0)
+        blocks = tl.cdiv(N, BLOCK)
+        head = C * blocks
+        q = p - head
+        in_head = p < head
+        return tl.where(in_head, p // C, q % blocks), tl.where(in_head, p % C, C + q // blocks)
 
     @typing.no_type_check  # keep the test-suite's jaxtyping import hook away from Triton's AST
     @triton.jit
@@ -169,10 +182,10 @@ if triton is not None:
     @triton.jit(do_not_specialize=["N"])
     def _hash_grid_fwd(
         x_ptr, params_ptr, out_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr, strides_ptr, N,
-        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, INTERLEAVE: tl.constexpr,
+        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, C: tl.constexpr,
         P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
     ):  # fmt: skip
-        pid, level = _block_and_level(L, INTERLEAVE)
+        pid, level = _block_and_level(N, BLOCK, C)
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
@@ -203,10 +216,10 @@ if triton is not None:
     def _hash_grid_bwd(
         x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr,
         strides_ptr, N, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
-        NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr, VEC2: tl.constexpr, INTERLEAVE: tl.constexpr,
+        NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr, VEC2: tl.constexpr, C: tl.constexpr,
         P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
     ):  # fmt: skip
-        pid, level = _block_and_level(L, INTERLEAVE)
+        pid, level = _block_and_level(N, BLOCK, C)
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
@@ -283,7 +296,7 @@ class _TritonHashGrid(torch.autograd.Function):
         grid = launch_grid(n, n_levels)
         _hash_grid_fwd[grid](
             xc, table, out, *level_tables(layout, x.device), n, D=d, F=f, L=n_levels, BLOCK=BLOCK,
-            INTERLEAVE=len(grid) == 1, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+            C=interleaved_levels(layout), P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
         ctx.save_for_backward(xc, table)
         ctx.layout = layout
@@ -305,7 +318,7 @@ class _TritonHashGrid(torch.autograd.Function):
         _hash_grid_bwd[grid](
             xc, table, grad_out.contiguous().float(), grad_params, grad_x, *level_tables(layout, xc.device), n,
             D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
-            VEC2=need_params and uses_vector_atomics(f, xc.device), INTERLEAVE=len(grid) == 1,
+            VEC2=need_params and uses_vector_atomics(f, xc.device), C=interleaved_levels(layout),
             P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
         x_dtype, p_dtype = ctx.dtypes

@@ -118,34 +118,35 @@ def test_vector_atomics_give_the_scalar_atomics_gradient(dims, monkeypatch):
 
 
 @pytest.mark.parametrize("dims", [3, 4])
-def test_level_interleaved_launch_gives_the_level_major_results(dims, monkeypatch):
-    """The launch order (levels fastest, the default, or level-major) changes which programs run together, not what
-    they compute: the same encoding bit for bit, the same gradients up to the atomic adds' summation order, both
-    equal to the torch path's."""
+def test_launch_order_changes_no_result(dims, monkeypatch):
+    """Which leading levels launch level-fastest (none, three, all: ``INTERLEAVE_BYTES``) changes which programs run
+    together, not what they compute: the same encoding bit for bit, the same gradients up to the atomic adds'
+    summation order, all equal to the torch path's."""
     layout = grid_layout(dims, 6, 2, 12, 8, 1.5)
     g = torch.Generator().manual_seed(10 + dims)
     n = 3000
     x = torch.rand(n, dims, generator=g)
     x[: n // 2, :3] = x[0, :3] + 0.02 * x[: n // 2, :3]  # a small blob: coarse rows hit by many points
-    x = x.to(DEVICE).requires_grad_(True)
+    x = x.to(DEVICE)
     params = ((torch.rand(layout.n_params, generator=g) * 2 - 1) * 0.1).to(DEVICE)
     grad_out = torch.randn(n, layout.n_output_dims, generator=g).to(DEVICE)
+    three = 8 * layout.levels[3].offset  # the fp32 bytes of levels 0..2
     results = {}
-    for interleave in (True, False):
-        monkeypatch.setattr(ht, "INTERLEAVE_LEVELS", interleave)
-        assert len(ht.launch_grid(n, 6)) == (1 if interleave else 2)
+    for budget, levels in ((0, 1), (three, 3), (2**40, 6)):
+        monkeypatch.setattr(ht, "INTERLEAVE_BYTES", budget)
+        assert ht.interleaved_levels(layout) == levels
         p = params.clone().requires_grad_(True)
-        xi = x.detach().clone().requires_grad_(True)
+        xi = x.clone().requires_grad_(True)
         out = ht.hash_grid_encode_triton(xi, p, layout)
         out.backward(grad_out)
-        results[interleave] = (out.detach(), p.grad, xi.grad)
+        results[levels] = (out.detach(), p.grad, xi.grad)
     ref_p = params.clone().requires_grad_(True)
-    ref_x = x.detach().clone().requires_grad_(True)
+    ref_x = x.clone().requires_grad_(True)
     ref = hash_grid_encode(ref_x, ref_p, layout)
     ref.backward(grad_out)
-    assert torch.equal(results[True][0], results[False][0])
-    torch.testing.assert_close(results[True][0], ref.detach(), atol=1e-6, rtol=1e-5)
-    assert results[True][1].abs().sum() > 0 and results[True][2].abs().sum() > 0
-    for got in (results[True], results[False]):
-        torch.testing.assert_close(got[1], ref_p.grad, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(got[2], ref_x.grad, atol=1e-3, rtol=1e-4)
+    assert torch.equal(results[1][0], results[3][0]) and torch.equal(results[1][0], results[6][0])
+    torch.testing.assert_close(results[3][0], ref.detach(), atol=1e-6, rtol=1e-5)
+    assert results[3][1].abs().sum() > 0 and results[3][2].abs().sum() > 0
+    for out, grad_p, grad_x in results.values():
+        torch.testing.assert_close(grad_p, ref_p.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad_x, ref_x.grad, atol=1e-3, rtol=1e-4)
