@@ -16,9 +16,10 @@ What it does, in order:
    config, so "off" and "on" differ only in those switches.
 2. Runs the real Lightning training loop, with what ``launch.py`` adds to it (the divergence guard; TensorBoard and
    CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed
-   iterations, ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside; an
-   iteration runs from the end of the previous one, so drawing and copying the batch and the other callbacks'
-   hooks count: "between ms" in the table), then
+   iterations (more until every drawn branch has run once, since a branch's first step captures its CUDA graphs),
+   ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside; an iteration runs
+   from the end of the previous one, so drawing and copying the batch and the other callbacks' hooks count:
+   "between ms" in the table), then
    ``--breakdown-steps`` iterations in which every phase is synchronised and timed: occupancy update, render
    forward, guidance (VAE encode separately), backward, optimizer, and the rest ("host": data, Lightning, loss
    assembly, logging). Per branch and overall; samples per ray. On CUDA, one more iteration of each branch counts
@@ -348,6 +349,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
 
     weights = branch_weights(system, cfg)
     cap_timed = 4 * args.steps
+    cap_warmup = 20 * max(len(weights), 1)  # extra warm-up iterations at most, waiting for a rare branch
     cap_breakdown = 4 * args.breakdown_steps * max(len(weights), 1)
 
     class Timer(pl.Callback):
@@ -363,6 +365,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.syncs: dict[str, int] = {}
             self.sync_sites: dict[str, dict[str, int]] = {}
             self.mode = "warmup"
+            self.warming = True  # until the first iteration that is not warm-up
+            self.warmed: set[str] = set()  # branches run in warm-up
             self.prev_end: Optional[float] = None  # when the previous iteration ended (None after a profiled one)
             self.prev_gc = (0.0, 0)  # the garbage collector's clock there
 
@@ -378,7 +382,10 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             return sum(r["kind"] == kind for r in rows)
 
         def _next_mode(self, batch_idx: int, kind: str) -> str:
-            if batch_idx < args.warmup:
+            # warm-up lasts --warmup iterations and until every drawn branch has run once: a branch's first step
+            # captures its CUDA graphs (a second each), which must not land among the timed ones
+            unwarmed = any(k not in self.warmed for k in weights) and batch_idx < args.warmup + cap_warmup
+            if self.warming and (batch_idx < args.warmup or unwarmed):
                 return "warmup"
             timed_done = len(self.rows) >= cap_timed or (
                 len(self.rows) >= args.steps and all(self._count(self.rows, k) >= args.min_per_branch for k in weights))
@@ -399,6 +406,12 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             self.kind = batch.kind.value
             self.mode = self._next_mode(batch_idx, self.kind)
+            if self.mode == "warmup":
+                self.warmed.add(self.kind)
+            elif self.warming:
+                self.warming = False
+                if cuda:  # the peak of the measured iterations, not of the graph captures
+                    torch.cuda.reset_peak_memory_stats()
             clock.on = self.mode == "breakdown"
             clock.totals = {}
             clock.labels = self.mode == "profile"
@@ -493,8 +506,6 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
             self.prev_end = None if self.mode in ("profile", "pyprofile") else clock.mark()
             self.prev_gc = (gc_clock.seconds, gc_clock.full)
-            if cuda and batch_idx == args.warmup - 1:
-                torch.cuda.reset_peak_memory_stats()
             if self._next_mode(batch_idx + 1, "") == "done":
                 trainer.should_stop = True
 
@@ -504,7 +515,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         accelerator="gpu" if cuda else "cpu", devices=args.devices, strategy=strategy(args, cuda), logger=loggers,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer, *callbacks], inference_mode=False, limit_val_batches=0, use_distributed_sampler=False,
-        max_steps=args.warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile
+        max_steps=args.warmup + cap_warmup + cap_timed + cap_breakdown + 4 * len(weights) + args.profile
         + args.py_profile + 1, **trainer_cfg,
     )  # fmt: skip
     try:
@@ -515,7 +526,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             log_dir.cleanup()
     summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
     return summary | {"host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
-                      "rank": trainer.global_rank}  # fmt: skip
+                      "warmup_branches": sorted(timer.warmed), "rank": trainer.global_rank}  # fmt: skip
 
 
 def print_python_profile(profiler: "cProfile.Profile", steps: int, what: str, rows: int = 40) -> None:
@@ -763,7 +774,7 @@ def main() -> int:
                              "divergence guard is always in)")  # fmt: skip
     parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first (and more until every drawn branch has run once)")
     parser.add_argument("--min-per-branch", type=int, default=4, help="timed iterations of each drawn branch, at least")
     parser.add_argument("--breakdown-steps", type=int, default=3,
                         help="synchronised per-phase iterations of each branch, after the timed ones")

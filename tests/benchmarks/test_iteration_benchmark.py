@@ -132,6 +132,7 @@ def test_cpu_smoke_run_writes_breakdown_and_estimate(tmp_path):
     for field in data["fields"].values():
         kinds = field["seconds_per_iter_by_kind"]
         assert set(kinds) == {"multi_view", "single_view", "video"}  # every drawn branch was timed
+        assert field["warmup_branches"] == sorted(kinds)  # ...after a warm-up step of its own (--warmup 1)
         assert sum(v["probability"] for v in kinds.values()) == pytest.approx(1.0)
         assert field["seconds_per_iter_weighted"] > 0 and field["samples_per_ray_median"] > 0
         assert set(field["breakdown_by_kind"]) == set(kinds)
