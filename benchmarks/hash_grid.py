@@ -8,7 +8,7 @@ inputs), at ``--points`` points (default 1 M):
   level, log2 hashmap size 19, base resolution 16, per-level scale 1.447 for both grids), in every implementation
   that can run here: ``torch`` always, ``triton`` when Triton imports and the input is on CUDA, ``tcnn`` when
   tinycudann imports and the input is on CUDA; Triton also with scalar atomics (where vector atomics run) and in two
-  other launch orders (``INTERLEAVE_BYTES``: every level level-major, every level level-fastest);
+  other launch orders than level-major (``INTERLEAVE_BYTES``: the coarse levels level-fastest, every level);
 * the density MLP (``system.geometry.mlp_network_config`` of the same YAML, 4D-fy's 32 -> 64 -> 1 ReLU MLP) on
   ``[N, 32]`` standard-normal features (a trained grid's scale; the fresh grid's ``U(-1e-4, 1e-4)`` table would feed
   it values near fp16's subnormal range): ``precision: fp32`` vs the reduced-precision mode under autocast (``precision: auto``
@@ -178,10 +178,11 @@ def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) 
                 rows.append({"part": name, "mode": "triton, scalar atomics", "points": args.points,
                              "n_params": grid.layout.n_params, "forward": fwd, "forward_backward": fb_scalar})  # fmt: skip
             if impl == "triton":
-                # other launch orders (hash_grid_triton.INTERLEAVE_BYTES): every level level-major (as before
-                # session 9), and every level level-fastest; the default interleaves only the coarse levels
+                # other launch orders (hash_grid_triton.INTERLEAVE_BYTES; the default is level-major): the
+                # coarse levels whose tables fit in 8 MiB level-fastest, then every level level-fastest
                 default_bytes = hash_grid_triton.INTERLEAVE_BYTES
-                for label, budget in (("level-major launch", 0), ("all levels interleaved", 2**40)):
+                orders = (("coarse levels interleaved (8 MiB)", 8 * 2**20), ("all levels interleaved", 2**40))
+                for label, budget in orders:
                     hash_grid_triton.INTERLEAVE_BYTES = budget
                     try:
                         fwd_order = measure(forward, device, args.repeats, args.warmup)
@@ -266,7 +267,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "card": card,
         "device": str(device),
         "versions": versions("triton", "tinycudann"),
-        "args": {"points": args.points, "layout": args.layout, "frames": args.frames, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
+        "args": {"points": args.points, "layout": args.layout, "frames": args.frames, "repeats": args.repeats,
+                 "warmup": args.warmup, "seed": args.seed,
                  "config": str(args.config.resolve().relative_to(REPO_ROOT)) if args.config.resolve().is_relative_to(
                      REPO_ROOT) else str(args.config)},  # fmt: skip
         "grid_config": grid_cfg,

@@ -23,9 +23,15 @@ starts programs in order of their index. Level-major order (every program in fli
 level's table in L2 at a time, which the hashed fine levels need (4 MB each; all 16 of them interleaved spill L2
 and made the uniform-point backward 1.5x slower on an H200), but at the coarse levels (16^3 cells) the points of a
 small object then all add into a few dozen rows at once, and atomic adds to one address serialise (1.8x the
-backward time of spread-out points, ``benchmarks/hash_grid.py --layout clustered``). So the leading (coarse, small)
-levels whose tables fit in :data:`INTERLEAVE_BYTES` together are launched level-fastest, a block of points taking
-all of them side by side, and the remaining levels level-major after them. Same sums.
+backward time of spread-out points, ``benchmarks/hash_grid.py --layout clustered``). With :data:`INTERLEAVE_BYTES`
+set, the leading (coarse, small) levels whose tables fit in it together are launched level-fastest, a block of
+points taking all of them side by side, and the remaining levels level-major after them. Same sums.
+
+It is off by default (level-major throughout). At 8 MiB (5 of 16 levels in 3-D, 3 in 4-D) the clustered backward
+ran 5.97 -> 3.98 ms (3-D) and 7.44 -> 6.11 ms (4-D) with uniform points unchanged, but in the training loop the
+VideoCrafter2 stage-3 config ran 0.297 s/it against 0.265 level-major in the same call (its render forward slower),
+while the ZeroScope one showed no difference beyond the spread of processes (session 9, README "Speed"): until
+repeated same-call runs settle it, the default stays the order every earlier measurement used.
 """
 
 import functools
@@ -53,9 +59,9 @@ VECTOR_ATOMICS = True
 false: always Triton's scalar atomics (for comparisons)."""
 
 
-INTERLEAVE_BYTES = 8 * 2**20
-"""Table bytes of the leading levels launched level-fastest (see the module docstring); 0: level-major throughout,
-for comparisons."""
+INTERLEAVE_BYTES = 0
+"""Table bytes of the leading levels launched level-fastest (see the module docstring); 0 (the default):
+level-major throughout."""
 
 
 def interleaved_levels(layout: GridLayout) -> int:
