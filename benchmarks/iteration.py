@@ -774,7 +774,8 @@ def main() -> int:
                              "divergence guard is always in)")  # fmt: skip
     parser.add_argument("--low-vram", action="store_true", help="use the _low_vram config")
     parser.add_argument("--steps", type=int, default=30, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first (and more until every drawn branch has run once)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed iterations first (and more until every drawn branch has run once)")
     parser.add_argument("--min-per-branch", type=int, default=4, help="timed iterations of each drawn branch, at least")
     parser.add_argument("--breakdown-steps", type=int, default=3,
                         help="synchronised per-phase iterations of each branch, after the timed ones")

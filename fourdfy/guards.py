@@ -8,8 +8,8 @@
    whose gradient scaler skips steps with non-finite gradients by design);
 3. the optimized parameters that require a gradient, after the optimizer step (4D-fy's ``guidance_single_view``
    group hands the whole VSD guidance to the optimizer, frozen UNets included: ~1,900 tensors and over a billion
-   values that no step changes, whose check cost every stage-2/3 step a temporary copy of them and tens of
-   milliseconds);
+   values that no step changes, whose check cost every stage-2/3 step a temporary copy of them and some 10 ms
+   of host time);
 4. every occupancy grid (a module with ``occs`` and ``binaries`` buffers): its values must stay finite and, once it
    has had an occupied cell, it must not become empty (nothing would be rendered any more).
 

@@ -22,7 +22,7 @@ Launch order (:data:`INTERLEAVE_BYTES`): a kernel program handles one level of o
 starts programs in order of their index. Level-major order (every program in flight on the same level) keeps one
 level's table in L2 at a time, which the hashed fine levels need (4 MB each; all 16 of them interleaved spill L2
 and made the uniform-point backward 1.5x slower on an H200), but at the coarse levels (16^3 cells) the points of a
-small object then all add into a few dozen rows at once, and atomic adds to one address serialise (1.8x the
+small object then all add into a few dozen rows at once, and atomic adds to one address serialise (twice the
 backward time of spread-out points, ``benchmarks/hash_grid.py --layout clustered``). With :data:`INTERLEAVE_BYTES`
 set, the leading (coarse, small) levels whose tables fit in it together are launched level-fastest, a block of
 points taking all of them side by side, and the remaining levels level-major after them. Same sums.
