@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
+from unittest import mock
 
 import torch
 
@@ -143,9 +144,24 @@ def sample_points(n: int, dims: int, layout: str, frames: int, generator: torch.
     return torch.cat([spatial, t], dim=-1)
 
 
+def triton_variants(device: torch.device, grid: HashGrid) -> list[tuple[str, str, Any]]:
+    """``(label, setting of hash_grid_triton, value)`` of the Triton kernels' variants timed beside the default:
+    Triton's scalar atomics in the backward (what the vector atomics gain, where they run), and two launch orders
+    other than the default level-major one."""
+    variants = [("coarse levels interleaved (8 MiB)", "INTERLEAVE_BYTES", 8 * 2**20),
+                ("all levels interleaved", "INTERLEAVE_BYTES", 2**40)]  # fmt: skip
+    if hash_grid_triton.uses_vector_atomics(grid.layout.n_features_per_level, device):
+        variants.insert(0, ("scalar atomics", "VECTOR_ATOMICS", False))
+    return variants
+
+
 def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) -> list[dict]:
     """Rows for the 3-D and 4-D grids in every available implementation."""
     rows: list[dict] = []
+
+    def timed(fn: Callable[[], Any]) -> dict[str, float]:
+        return measure(fn, device, args.repeats, args.warmup)
+
     for dims, name in ((3, "grid3 (static)"), (4, "grid4 (x, t)")):
         g = torch.Generator(device="cpu").manual_seed(args.seed + dims)
         x = sample_points(args.points, dims, args.layout, args.frames, g).to(device)
@@ -164,34 +180,17 @@ def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) 
                 grid.params.grad = None
                 grid(x).backward(grad)
 
-            fwd = measure(forward, device, args.repeats, args.warmup)
-            fb = measure(forward_backward, device, args.repeats, args.warmup)
-            rows.append({"part": name, "mode": impl, "points": args.points, "n_params": grid.layout.n_params,
-                         "forward": fwd, "forward_backward": fb})  # fmt: skip
-            if impl == "triton" and hash_grid_triton.uses_vector_atomics(grid.layout.n_features_per_level, device):
-                # the same kernels with Triton's scalar atomics in the backward: what the vector atomics gain
-                hash_grid_triton.VECTOR_ATOMICS = False
-                try:
-                    fb_scalar = measure(forward_backward, device, args.repeats, args.warmup)
-                finally:
-                    hash_grid_triton.VECTOR_ATOMICS = True
-                rows.append({"part": name, "mode": "triton, scalar atomics", "points": args.points,
-                             "n_params": grid.layout.n_params, "forward": fwd, "forward_backward": fb_scalar})  # fmt: skip
-            if impl == "triton":
-                # other launch orders (hash_grid_triton.INTERLEAVE_BYTES; the default is level-major): the
-                # coarse levels whose tables fit in 8 MiB level-fastest, then every level level-fastest
-                default_bytes = hash_grid_triton.INTERLEAVE_BYTES
-                orders = (("coarse levels interleaved (8 MiB)", 8 * 2**20), ("all levels interleaved", 2**40))
-                for label, budget in orders:
-                    hash_grid_triton.INTERLEAVE_BYTES = budget
-                    try:
-                        fwd_order = measure(forward, device, args.repeats, args.warmup)
-                        fb_order = measure(forward_backward, device, args.repeats, args.warmup)
-                    finally:
-                        hash_grid_triton.INTERLEAVE_BYTES = default_bytes
-                    rows.append({"part": name, "mode": f"triton, {label}", "points": args.points,
-                                 "n_params": grid.layout.n_params, "forward": fwd_order,
-                                 "forward_backward": fb_order})  # fmt: skip
+            def row(mode: str, fwd: dict, fb: dict) -> dict:
+                return {"part": name, "mode": mode, "points": args.points, "n_params": grid.layout.n_params,
+                        "forward": fwd, "forward_backward": fb}  # fmt: skip
+
+            fwd = timed(forward)
+            rows.append(row(impl, fwd, timed(forward_backward)))
+            for label, setting, value in triton_variants(device, grid) if impl == "triton" else []:
+                with mock.patch.object(hash_grid_triton, setting, value):
+                    # the forward kernel has no atomics: only a launch order changes its time
+                    fwd_variant = fwd if setting == "VECTOR_ATOMICS" else timed(forward)
+                    rows.append(row(f"triton, {label}", fwd_variant, timed(forward_backward)))
             del grid
     return rows
 
