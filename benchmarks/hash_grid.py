@@ -7,7 +7,8 @@ inputs), at ``--points`` points (default 1 M):
   ``--config`` (default ``configs/fourdfy_stage_3.yaml``, which extends stages 2 and 1: 16 levels, 2 features per
   level, log2 hashmap size 19, base resolution 16, per-level scale 1.447 for both grids), in every implementation
   that can run here: ``torch`` always, ``triton`` when Triton imports and the input is on CUDA, ``tcnn`` when
-  tinycudann imports and the input is on CUDA; Triton also with scalar atomics (where vector atomics run) and in two
+  tinycudann imports and the input is on CUDA; Triton also with scalar atomics (where vector atomics run), without
+  and with more private gradient copies of the coarse levels (``PRIVATE_COPIES``, ``PRIVATE_BYTES``) and in two
   other launch orders than level-major (``INTERLEAVE_BYTES``: the coarse levels level-fastest, every level);
 * the density MLP (``system.geometry.mlp_network_config`` of the same YAML, 4D-fy's 32 -> 64 -> 1 ReLU MLP) on
   ``[N, 32]`` standard-normal features (a trained grid's scale; the fresh grid's ``U(-1e-4, 1e-4)`` table would feed
@@ -33,6 +34,7 @@ Prints a table and writes ``<out>/hash_grid_<card-slug>.json`` (``--out`` is a f
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -144,14 +146,17 @@ def sample_points(n: int, dims: int, layout: str, frames: int, generator: torch.
     return torch.cat([spatial, t], dim=-1)
 
 
-def triton_variants(device: torch.device, grid: HashGrid) -> list[tuple[str, str, Any]]:
-    """``(label, setting of hash_grid_triton, value)`` of the Triton kernels' variants timed beside the default:
-    Triton's scalar atomics in the backward (what the vector atomics gain, where they run), and two launch orders
-    other than the default level-major one."""
-    variants = [("coarse levels interleaved (8 MiB)", "INTERLEAVE_BYTES", 8 * 2**20),
-                ("all levels interleaved", "INTERLEAVE_BYTES", 2**40)]  # fmt: skip
+def triton_variants(device: torch.device, grid: HashGrid) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, settings of hash_grid_triton)`` of the Triton kernels' variants timed beside the default: Triton's
+    scalar atomics in the backward (what the vector atomics gain, where they run), the backward without and with
+    more private gradient copies of the coarse levels, and two launch orders other than the default level-major
+    one."""
+    variants = [("no private gradient copies", {"PRIVATE_COPIES": 1}),
+                ("64 private copies, 4 MiB", {"PRIVATE_COPIES": 64, "PRIVATE_BYTES": 4 * 2**20}),
+                ("coarse levels interleaved (8 MiB)", {"INTERLEAVE_BYTES": 8 * 2**20}),
+                ("all levels interleaved", {"INTERLEAVE_BYTES": 2**40})]  # fmt: skip
     if hash_grid_triton.uses_vector_atomics(grid.layout.n_features_per_level, device):
-        variants.insert(0, ("scalar atomics", "VECTOR_ATOMICS", False))
+        variants.insert(0, ("scalar atomics", {"VECTOR_ATOMICS": False}))
     return variants
 
 
@@ -186,10 +191,12 @@ def bench_grids(args: argparse.Namespace, device: torch.device, grid_cfg: dict) 
 
             fwd = timed(forward)
             rows.append(row(impl, fwd, timed(forward_backward)))
-            for label, setting, value in triton_variants(device, grid) if impl == "triton" else []:
-                with mock.patch.object(hash_grid_triton, setting, value):
+            for label, settings in triton_variants(device, grid) if impl == "triton" else []:
+                with contextlib.ExitStack() as stack:
+                    for setting, value in settings.items():
+                        stack.enter_context(mock.patch.object(hash_grid_triton, setting, value))
                     # the forward kernel has no atomics: only a launch order changes its time
-                    fwd_variant = fwd if setting == "VECTOR_ATOMICS" else timed(forward)
+                    fwd_variant = timed(forward) if "INTERLEAVE_BYTES" in settings else fwd
                     rows.append(row(f"triton, {label}", fwd_variant, timed(forward_backward)))
             del grid
     return rows

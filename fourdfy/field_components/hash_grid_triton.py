@@ -27,7 +27,19 @@ backward time of spread-out points, ``benchmarks/hash_grid.py --layout clustered
 set, the leading (coarse, small) levels whose tables fit in it together are launched level-fastest, a block of
 points taking all of them side by side, and the remaining levels level-major after them. Same sums.
 
-It is off by default (level-major throughout). At 8 MiB (5 of 16 levels in 3-D, 3 in 4-D) the clustered backward
+Private gradient copies (:data:`PRIVATE_COPIES`, :data:`PRIVATE_BYTES`): the other answer to those collisions,
+which keeps the level-major order. The backward kernel adds the rows of the leading (coarse) levels into one of
+``PRIVATE_COPIES`` private copies of their gradient, chosen by the block of points (consecutive blocks, which run
+together, take different copies), so each row's atomic adds are spread over that many addresses; the copies are
+summed into the table gradient after the kernel (a few MB). Same sums, in another order. On by default (16
+copies of the levels within 2 MiB): session 10 call A on an H200 (``benchmarks/results/gpu_session_s10_callA.log``),
+``benchmarks/hash_grid.py --layout clustered`` 3-D forward + backward 5.90 -> 3.24 ms and 4-D 7.30 -> 5.44 ms,
+uniform points unchanged (2.82 -> 2.72, 4.57 -> 4.64); in the training loop, same call, the copies on and off in
+alternating processes: ``fourdfy_stage_1`` 0.200 / 0.199 -> 0.176 / 0.177 s/it (every one of the ten paired steps
+faster; backward phase 97 -> 71 ms), ``fourdfy_stage_3`` 0.222 -> 0.210 and ``fourdfy_stage_3_vc`` 0.309 -> 0.275
+branch-weighted.
+
+The interleave is off by default (level-major throughout). At 8 MiB (5 of 16 levels in 3-D, 3 in 4-D) the clustered backward
 ran 5.97 -> 3.98 ms (3-D) and 7.44 -> 6.11 ms (4-D) with uniform points unchanged, but in the training loop the
 VideoCrafter2 stage-3 config ran 0.297 s/it against 0.265 level-major in the same call (its render forward slower),
 while the ZeroScope one showed no difference beyond the spread of processes (session 9, README "Speed"): until
@@ -63,6 +75,14 @@ INTERLEAVE_BYTES = 0
 """Table bytes of the leading levels launched level-fastest (see the module docstring); 0 (the default):
 level-major throughout."""
 
+PRIVATE_COPIES = 16
+"""Private gradient copies of the leading levels (see the module docstring); 1: none, every program adds into the
+one table gradient."""
+
+PRIVATE_BYTES = 2 * 2**20
+"""fp32 table bytes of the leading levels that get private gradient copies: the most leading levels that fit in it
+together (4D-fy's grids: levels 0-3 of the 3-D grid, 1.3 MB; level 0 of the 4-D grid, 0.5 MB)."""
+
 
 def interleaved_levels(layout: GridLayout) -> int:
     """How many leading levels the kernels launch level-fastest: the most whose fp32 tables fit together in
@@ -70,6 +90,15 @@ def interleaved_levels(layout: GridLayout) -> int:
     row_bytes = 4 * layout.n_features_per_level
     fitting = [i for i, lv in enumerate(layout.levels) if (lv.offset + lv.size) * row_bytes <= INTERLEAVE_BYTES]
     return max(1, len(fitting))
+
+
+def private_levels(layout: GridLayout) -> int:
+    """How many leading levels the backward kernel scatters into :data:`PRIVATE_COPIES` private gradient copies:
+    the most whose fp32 tables fit together in :data:`PRIVATE_BYTES`; 0 when the copies are off."""
+    if PRIVATE_COPIES <= 1:
+        return 0
+    row_bytes = 4 * layout.n_features_per_level
+    return sum((lv.offset + lv.size) * row_bytes <= PRIVATE_BYTES for lv in layout.levels)
 
 
 def launch_grid(n_points: int, n_levels: int) -> tuple[int]:
@@ -221,11 +250,14 @@ if triton is not None:
     @triton.jit(do_not_specialize=["N"])
     def _hash_grid_bwd(
         x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, scale_ptr, size_ptr, offset_ptr, hashed_ptr,
-        strides_ptr, N, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+        strides_ptr, N, ROWS, PRIV_ROWS, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
         NEED_PARAMS: tl.constexpr, NEED_X: tl.constexpr, VEC2: tl.constexpr, C: tl.constexpr,
+        PRIV_LEVELS: tl.constexpr, COPIES: tl.constexpr,
         P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
     ):  # fmt: skip
         pid, level = _block_and_level(N, BLOCK, C)
+        # rows of the leading PRIV_LEVELS levels go to this block's private copy, stored after the table's ROWS rows
+        private_shift = tl.where(level < PRIV_LEVELS, ROWS + (pid % COPIES).to(tl.int64) * PRIV_ROWS, 0)
         offs = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
         mask = offs < N
         scale = tl.load(scale_ptr + level)
@@ -244,10 +276,12 @@ if triton is not None:
                                  strides_ptr, P0, P1, P2, P3, BLOCK)
             ptrs = row[:, None] * F + feat_offs[None, :]
             if NEED_PARAMS:
+                grad_row = row + private_shift
                 if VEC2:
-                    _red_add_v2(grad_params_ptr + row * 2, w * g0, w * g1, mask)
+                    _red_add_v2(grad_params_ptr + grad_row * 2, w * g0, w * g1, mask)
                 else:
-                    tl.atomic_add(grad_params_ptr + ptrs, w[:, None] * g, mask=mask[:, None])
+                    tl.atomic_add(grad_params_ptr + grad_row[:, None] * F + feat_offs[None, :], w[:, None] * g,
+                                  mask=mask[:, None])
             if NEED_X:
                 feats = tl.load(params_ptr + ptrs, mask=mask[:, None], other=0.0)
                 sc = tl.sum(feats * g, axis=1)  # dL/d(weight_c)
@@ -317,16 +351,24 @@ class _TritonHashGrid(torch.autograd.Function):
         need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, d = xc.shape
         f, n_levels = layout.n_features_per_level, len(layout.levels)
-        grad_params = torch.zeros_like(table) if need_params else table.new_zeros(1)
+        rows = layout.n_entries
+        priv_levels = private_levels(layout) if need_params else 0
+        copies = PRIVATE_COPIES if priv_levels else 1
+        priv_rows = layout.levels[priv_levels - 1].offset + layout.levels[priv_levels - 1].size if priv_levels else 0
+        # the table gradient, then the private copies of the leading levels' rows (summed into it below)
+        grad_buffer = table.new_zeros((rows + copies * priv_rows) * f) if need_params else table.new_zeros(1)
         grad_x = torch.zeros_like(xc) if need_x else xc.new_zeros(1)
         primes = HASH_PRIMES[:4]
         grid = launch_grid(n, n_levels)
         _hash_grid_bwd[grid](
-            xc, table, grad_out.contiguous().float(), grad_params, grad_x, *level_tables(layout, xc.device), n,
-            D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
+            xc, table, grad_out.contiguous().float(), grad_buffer, grad_x, *level_tables(layout, xc.device), n,
+            rows, priv_rows, D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
             VEC2=need_params and uses_vector_atomics(f, xc.device), C=interleaved_levels(layout),
-            P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+            PRIV_LEVELS=priv_levels, COPIES=copies, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
+        grad_params = grad_buffer[: rows * f]
+        if priv_levels:
+            grad_params[: priv_rows * f] += grad_buffer[rows * f :].view(copies, priv_rows * f).sum(0)
         x_dtype, p_dtype = ctx.dtypes
         return (grad_x.to(x_dtype) if need_x else None), (grad_params.to(p_dtype) if need_params else None), None
 

@@ -150,3 +150,50 @@ def test_launch_order_changes_no_result(dims, monkeypatch):
     for out, grad_p, grad_x in results.values():
         torch.testing.assert_close(grad_p, ref_p.grad, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(grad_x, ref_x.grad, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dims", [3, 4])
+def test_private_gradient_copies_change_no_result(dims, monkeypatch):
+    """Adding the coarse levels' rows into private gradient copies (``PRIVATE_COPIES``, ``PRIVATE_BYTES``) and summing
+    them afterwards gives the table gradient of one shared copy and of the torch path, up to summation order; the
+    encoding and the input gradient do not change."""
+    layout = grid_layout(dims, 6, 2, 12, 8, 1.5)
+    g = torch.Generator().manual_seed(20 + dims)
+    n = 3000
+    x = torch.rand(n, dims, generator=g)
+    x[: n // 2, :3] = x[0, :3] + 0.02 * x[: n // 2, :3]  # a small blob: coarse rows hit by many points
+    x = x.to(DEVICE)
+    params = ((torch.rand(layout.n_params, generator=g) * 2 - 1) * 0.1).to(DEVICE)
+    grad_out = torch.randn(n, layout.n_output_dims, generator=g).to(DEVICE)
+    two = 8 * layout.levels[2].offset  # the fp32 bytes of levels 0..1
+    results = {}
+    for copies, budget, levels in ((1, 2**40, 0), (4, two, 2), (3, 2**40, 6)):
+        monkeypatch.setattr(ht, "PRIVATE_COPIES", copies)
+        monkeypatch.setattr(ht, "PRIVATE_BYTES", budget)
+        assert ht.private_levels(layout) == levels
+        p = params.clone().requires_grad_(True)
+        xi = x.clone().requires_grad_(True)
+        out = ht.hash_grid_encode_triton(xi, p, layout)
+        out.backward(grad_out)
+        assert p.grad.shape == params.shape
+        results[levels] = (out.detach(), p.grad, xi.grad)
+    ref_p = params.clone().requires_grad_(True)
+    ref_x = x.clone().requires_grad_(True)
+    hash_grid_encode(ref_x, ref_p, layout).backward(grad_out)
+    assert results[2][1].abs().sum() > 0
+    for out, grad_p, grad_x in results.values():
+        assert torch.equal(out, results[0][0])
+        torch.testing.assert_close(grad_p, ref_p.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad_x, ref_x.grad, atol=1e-3, rtol=1e-4)
+
+
+def test_private_levels_of_4dfy_grids(monkeypatch):
+    """The default budget gives 4D-fy's 3-D grid (16 levels from 16^3, 2^19 rows) four private levels and its 4-D grid
+    one; one copy means none."""
+    monkeypatch.setattr(ht, "PRIVATE_COPIES", 16)
+    monkeypatch.setattr(ht, "PRIVATE_BYTES", 2 * 2**20)
+    scale = 1.447269237440378
+    assert ht.private_levels(grid_layout(3, 16, 2, 19, 16, scale)) == 4
+    assert ht.private_levels(grid_layout(4, 16, 2, 19, 16, scale)) == 1
+    monkeypatch.setattr(ht, "PRIVATE_COPIES", 1)
+    assert ht.private_levels(grid_layout(3, 16, 2, 19, 16, scale)) == 0
