@@ -323,6 +323,12 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         """Per-iteration budget of gradient-carrying samples for video batches (divided over sub-renders)."""
         train_max_nums_static: int = 2000000
         """The same budget for image batches."""
+        train_no_grad_chunk_size: int = ranged(1_000_000, ge=1)
+        """Samples per chunk when the samples beyond the budget are shaded under ``no_grad`` in training (this
+        project's key; 4D-fy chunked them by 160,000, ``eval_chunk_size``). Chunks change no value: each sample is
+        shaded alone. Larger chunks mean fewer launches: under the patch renderer an image batch makes 9 sub-renders,
+        each of some 10^6 samples beyond its budget, so 160,000 made ~54 chunks of host-bound field calls per
+        step. A chunk of 10^6 samples holds some 0.5 GB of temporaries while it is shaded."""
 
         def __post_init__(self) -> None:
             if self.train_max_nums < 1 or self.train_max_nums_static < 1:
@@ -362,7 +368,7 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         perm = torch.randperm(n, device=positions.device)
         with_grad, without = perm[:grad_budget], perm[grad_budget:]
         graded = self.shade(positions[with_grad], dirs[with_grad], times[with_grad])
-        chunk = self.cfg.eval_chunk_size
+        chunk = self.cfg.train_no_grad_chunk_size
         with torch.no_grad():
             rest = cat_tensors([
                 self.shade(positions[idx], dirs[idx], times[idx])

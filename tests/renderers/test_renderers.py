@@ -72,6 +72,30 @@ def test_mask_and_patch_renderers_match_the_full_renderer():
     assert 0 < float(g_budget) < float(g_full)
 
 
+def test_no_grad_chunk_size_changes_no_value():
+    """The samples beyond the gradient budget are shaded under no_grad in chunks of ``train_no_grad_chunk_size``:
+    one chunk or many, the image and the gradients are the same (each sample is shaded alone)."""
+    geo, mat, bg = parts()
+    renderers = {size: MaskNeRFVolumeRenderer({"num_samples_per_ray": 64, "randomized": False,
+                                               "train_no_grad_chunk_size": size}, geo, mat, bg)
+                 for size in (7, 10**9)}  # fmt: skip
+    b = batch()
+    results = {}
+    for size, r in renderers.items():
+        warm(r)
+        torch.manual_seed(1)  # the same budgeted subset (a random permutation) for both
+        out = r(b, 200)
+        assert out.num_samples > 1000  # so 7 makes hundreds of chunks beyond the budget
+        geo.zero_grad()
+        out.comp_rgb.sum().backward()
+        results[size] = (out.comp_rgb.detach(), geo.encoding.encoding.encoding.params.grad.clone())
+    torch.testing.assert_close(results[7][0], results[10**9][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(results[7][1], results[10**9][1], atol=1e-6, rtol=1e-6)
+    assert results[7][1].abs().sum() > 0
+    with pytest.raises(ConfigError, match="train_no_grad_chunk_size"):
+        MaskNeRFVolumeRenderer({"train_no_grad_chunk_size": 0}, geo, mat, bg)
+
+
 def test_patch_renderer_refuses_random_background():
     geo, mat, bg = parts(random_aug=True)
     with pytest.raises(ConfigError, match="random_aug"):
