@@ -121,7 +121,8 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
                    lambda tree: _get(tree, "system.renderer_type") == "nerf-volume-renderer"),
     FastPathSwitch("system.renderer.base_renderer.train_no_grad_chunk_size", "160000",
                    "no-grad shading beyond the patch renderer's gradient budget in chunks of 10^6 samples -> 4D-fy's "
-                   "160,000", lambda tree: _get(tree, "system.renderer.base_renderer_type") == "mask-nerf-volume-renderer"),
+                   "160,000",
+                   lambda tree: _get(tree, "system.renderer.base_renderer_type") == "mask-nerf-volume-renderer"),
     FastPathSwitch("system.guidance_multi_view.cuda_graph", "false", "MVDream UNet forward replayed from a CUDA graph",
                    _guidance_is("guidance_type_multi_view", "multiview-diffusion-guidance")),
     FastPathSwitch("system.guidance.cuda_graph", "false", "VSD UNet forwards (SD, LoRA no-grad) from CUDA graphs",

@@ -39,8 +39,8 @@ alternating processes: ``fourdfy_stage_1`` 0.200 / 0.199 -> 0.176 / 0.177 s/it (
 faster; backward phase 97 -> 71 ms), ``fourdfy_stage_3`` 0.222 -> 0.210 and ``fourdfy_stage_3_vc`` 0.309 -> 0.275
 branch-weighted.
 
-The interleave is off by default (level-major throughout). At 8 MiB (5 of 16 levels in 3-D, 3 in 4-D) the clustered backward
-ran 5.97 -> 3.98 ms (3-D) and 7.44 -> 6.11 ms (4-D) with uniform points unchanged, but in the training loop the
+The interleave is off by default (level-major throughout). At 8 MiB (5 of 16 levels in 3-D, 3 in 4-D) the clustered
+backward ran 5.97 -> 3.98 ms (3-D) and 7.44 -> 6.11 ms (4-D) with uniform points unchanged, but in the training loop the
 VideoCrafter2 stage-3 config ran 0.297 s/it against 0.265 level-major in the same call (its render forward slower),
 while the ZeroScope one showed no difference beyond the spread of processes (session 9, README "Speed"): until
 repeated same-call runs settle it, the default stays the order every earlier measurement used.
@@ -366,7 +366,7 @@ class _TritonHashGrid(torch.autograd.Function):
             VEC2=need_params and uses_vector_atomics(f, xc.device), C=interleaved_levels(layout),
             PRIV_LEVELS=priv_levels, COPIES=copies, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
         )  # fmt: skip
-        grad_params = grad_buffer[: rows * f]
+        grad_params = grad_buffer[: rows * f]  # a view: the copies' few MB stay allocated with the gradient
         if priv_levels:
             grad_params[: priv_rows * f] += grad_buffer[rows * f :].view(copies, priv_rows * f).sum(0)
         x_dtype, p_dtype = ctx.dtypes

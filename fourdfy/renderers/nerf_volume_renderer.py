@@ -329,7 +329,7 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         shaded alone. Larger chunks mean fewer launches: under the patch renderer an image batch makes 9 sub-renders,
         each of some 10^6 samples beyond its budget, so 160,000 made ~54 field calls per step; at 10^6,
         ``fourdfy_stage_3_vc`` ran 0.280 / 0.310 s/it against 0.366 / 0.339 (session 10 call C, same call, peak
-        memory unchanged). A chunk of 10^6 samples holds some 0.5 GB of temporaries while it is shaded."""
+        memory unchanged). A chunk holds its samples' field temporaries (estimated at some 0.5 kB per sample) while it is shaded."""
 
         def __post_init__(self) -> None:
             if self.train_max_nums < 1 or self.train_max_nums_static < 1:
