@@ -84,21 +84,23 @@ PRIVATE_BYTES = 2 * 2**20
 together (4D-fy's grids: levels 0-3 of the 3-D grid, 1.3 MB; level 0 of the 4-D grid, 0.5 MB)."""
 
 
+def leading_levels_within(layout: GridLayout, budget: int) -> int:
+    """How many leading levels have fp32 tables that fit together in ``budget`` bytes (levels grow, so these are
+    the first ones)."""
+    row_bytes = 4 * layout.n_features_per_level
+    return sum((lv.offset + lv.size) * row_bytes <= budget for lv in layout.levels)
+
+
 def interleaved_levels(layout: GridLayout) -> int:
     """How many leading levels the kernels launch level-fastest: the most whose fp32 tables fit together in
     :data:`INTERLEAVE_BYTES`, at least 1 (one level alone is level-major order)."""
-    row_bytes = 4 * layout.n_features_per_level
-    fitting = [i for i, lv in enumerate(layout.levels) if (lv.offset + lv.size) * row_bytes <= INTERLEAVE_BYTES]
-    return max(1, len(fitting))
+    return max(1, leading_levels_within(layout, INTERLEAVE_BYTES))
 
 
 def private_levels(layout: GridLayout) -> int:
     """How many leading levels the backward kernel scatters into :data:`PRIVATE_COPIES` private gradient copies:
     the most whose fp32 tables fit together in :data:`PRIVATE_BYTES`; 0 when the copies are off."""
-    if PRIVATE_COPIES <= 1:
-        return 0
-    row_bytes = 4 * layout.n_features_per_level
-    return sum((lv.offset + lv.size) * row_bytes <= PRIVATE_BYTES for lv in layout.levels)
+    return leading_levels_within(layout, PRIVATE_BYTES) if PRIVATE_COPIES > 1 else 0
 
 
 def launch_grid(n_points: int, n_levels: int) -> tuple[int]:

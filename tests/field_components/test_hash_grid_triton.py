@@ -117,39 +117,48 @@ def test_vector_atomics_give_the_scalar_atomics_gradient(dims, monkeypatch):
     assert ((grads[True] - ref.grad).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("dims", [3, 4])
-def test_launch_order_changes_no_result(dims, monkeypatch):
-    """Which leading levels launch level-fastest (none, three, all: ``INTERLEAVE_BYTES``) changes which programs run
-    together, not what they compute: the same encoding bit for bit, the same gradients up to the atomic adds'
-    summation order, all equal to the torch path's."""
+def blob_problem(dims: int, seed: int):
+    """A 6-level grid, 3000 points of which half sit in a small blob (coarse rows hit by many points), a table and
+    an upstream gradient; on ``DEVICE``."""
     layout = grid_layout(dims, 6, 2, 12, 8, 1.5)
-    g = torch.Generator().manual_seed(10 + dims)
+    g = torch.Generator().manual_seed(seed)
     n = 3000
     x = torch.rand(n, dims, generator=g)
     x[: n // 2, :3] = x[0, :3] + 0.02 * x[: n // 2, :3]  # a small blob: coarse rows hit by many points
     x = x.to(DEVICE)
     params = ((torch.rand(layout.n_params, generator=g) * 2 - 1) * 0.1).to(DEVICE)
     grad_out = torch.randn(n, layout.n_output_dims, generator=g).to(DEVICE)
+    return layout, x, params, grad_out
+
+
+def encode_with_grads(encode, x, params, grad_out, layout):
+    """``encode(x, params, layout)`` and its backward from ``grad_out``: (encoding, table gradient, input gradient)."""
+    p = params.clone().requires_grad_(True)
+    xi = x.clone().requires_grad_(True)
+    out = encode(xi, p, layout)
+    out.backward(grad_out)
+    return out.detach(), p.grad, xi.grad
+
+
+@pytest.mark.parametrize("dims", [3, 4])
+def test_launch_order_changes_no_result(dims, monkeypatch):
+    """Which leading levels launch level-fastest (none, three, all: ``INTERLEAVE_BYTES``) changes which programs run
+    together, not what they compute: the same encoding bit for bit, the same gradients up to the atomic adds'
+    summation order, all equal to the torch path's."""
+    layout, x, params, grad_out = blob_problem(dims, 10 + dims)
     three = 8 * layout.levels[3].offset  # the fp32 bytes of levels 0..2
     results = {}
     for budget, levels in ((0, 1), (three, 3), (2**40, 6)):
         monkeypatch.setattr(ht, "INTERLEAVE_BYTES", budget)
         assert ht.interleaved_levels(layout) == levels
-        p = params.clone().requires_grad_(True)
-        xi = x.clone().requires_grad_(True)
-        out = ht.hash_grid_encode_triton(xi, p, layout)
-        out.backward(grad_out)
-        results[levels] = (out.detach(), p.grad, xi.grad)
-    ref_p = params.clone().requires_grad_(True)
-    ref_x = x.clone().requires_grad_(True)
-    ref = hash_grid_encode(ref_x, ref_p, layout)
-    ref.backward(grad_out)
+        results[levels] = encode_with_grads(ht.hash_grid_encode_triton, x, params, grad_out, layout)
+    ref, ref_grad_p, ref_grad_x = encode_with_grads(hash_grid_encode, x, params, grad_out, layout)
     assert torch.equal(results[1][0], results[3][0]) and torch.equal(results[1][0], results[6][0])
-    torch.testing.assert_close(results[3][0], ref.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[3][0], ref, atol=1e-6, rtol=1e-5)
     assert results[3][1].abs().sum() > 0 and results[3][2].abs().sum() > 0
     for out, grad_p, grad_x in results.values():
-        torch.testing.assert_close(grad_p, ref_p.grad, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(grad_x, ref_x.grad, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(grad_p, ref_grad_p, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad_x, ref_grad_x, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dims", [3, 4])
@@ -157,34 +166,21 @@ def test_private_gradient_copies_change_no_result(dims, monkeypatch):
     """Adding the coarse levels' rows into private gradient copies (``PRIVATE_COPIES``, ``PRIVATE_BYTES``) and summing
     them afterwards gives the table gradient of one shared copy and of the torch path, up to summation order; the
     encoding and the input gradient do not change."""
-    layout = grid_layout(dims, 6, 2, 12, 8, 1.5)
-    g = torch.Generator().manual_seed(20 + dims)
-    n = 3000
-    x = torch.rand(n, dims, generator=g)
-    x[: n // 2, :3] = x[0, :3] + 0.02 * x[: n // 2, :3]  # a small blob: coarse rows hit by many points
-    x = x.to(DEVICE)
-    params = ((torch.rand(layout.n_params, generator=g) * 2 - 1) * 0.1).to(DEVICE)
-    grad_out = torch.randn(n, layout.n_output_dims, generator=g).to(DEVICE)
+    layout, x, params, grad_out = blob_problem(dims, 20 + dims)
     two = 8 * layout.levels[2].offset  # the fp32 bytes of levels 0..1
     results = {}
     for copies, budget, levels in ((1, 2**40, 0), (4, two, 2), (3, 2**40, 6)):
         monkeypatch.setattr(ht, "PRIVATE_COPIES", copies)
         monkeypatch.setattr(ht, "PRIVATE_BYTES", budget)
         assert ht.private_levels(layout) == levels
-        p = params.clone().requires_grad_(True)
-        xi = x.clone().requires_grad_(True)
-        out = ht.hash_grid_encode_triton(xi, p, layout)
-        out.backward(grad_out)
-        assert p.grad.shape == params.shape
-        results[levels] = (out.detach(), p.grad, xi.grad)
-    ref_p = params.clone().requires_grad_(True)
-    ref_x = x.clone().requires_grad_(True)
-    hash_grid_encode(ref_x, ref_p, layout).backward(grad_out)
+        results[levels] = encode_with_grads(ht.hash_grid_encode_triton, x, params, grad_out, layout)
+        assert results[levels][1].shape == params.shape
+    _, ref_grad_p, ref_grad_x = encode_with_grads(hash_grid_encode, x, params, grad_out, layout)
     assert results[2][1].abs().sum() > 0
     for out, grad_p, grad_x in results.values():
         assert torch.equal(out, results[0][0])
-        torch.testing.assert_close(grad_p, ref_p.grad, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(grad_x, ref_x.grad, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(grad_p, ref_grad_p, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad_x, ref_grad_x, atol=1e-3, rtol=1e-4)
 
 
 def test_private_levels_of_4dfy_grids(monkeypatch):
