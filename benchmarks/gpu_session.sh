@@ -34,12 +34,23 @@
 #              off: TF32 matmuls in call B, the video VAE's math attention in call D)
 #   newtests   the tests of session 8's GPU code alone (graphed LoRA loss, the hash grid's vector atomics)
 #   estimate   the whole-prompt estimates from the iteration JSONs in $OUT (fast and off)
+#   ab         a same-call A/B of one setting: for each of AB_CONFIGS (stage names, e.g. "1 3 3_vc"), AB_ROUNDS
+#              (default 2) rounds of a run with today's defaults (tag ${AB_TAG}_on<round>) then one with AB_SET (a
+#              space-separated list of key=value overrides, or AB_SET_<stage> for one config; tag
+#              ${AB_TAG}_off<round>), alternating processes so
+#              that drift between processes hits both sides alike; short runs (random field, late phase, 10
+#              timed steps, 2 per branch); a run is not started when it could end after AB_DEADLINE seconds of the
+#              session script (default 540; the device allows 600 per call)
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 log="$OUT/gpu_session.log"
 rm -f .whl/nerfacc-*.whl   # nothing uses nerfacc (its fast path was removed): keep its JIT build out
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# once per machine: a second invocation in the same call finds the marker and skips the install
+if [ "$(cat /tmp/site/.wheels 2>/dev/null)" != "$(ls .whl)" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && ls .whl > /tmp/site/.wheels
+fi
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -63,6 +74,14 @@ on_off() {
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --phase late --steps "${ITER_STEPS:-20}" --out "$OUT"
   run "${ITER_SECONDS:-240}" python3 benchmarks/iteration.py $ITER_ARGS --config "$c" --phase late --steps "${ITER_STEPS:-20}" \
     --tag "$tag" --out "$OUT" "$@"
+}
+# one short run of the A/B part, unless it could pass the deadline: seconds-needed tag config overrides...
+ab_run() {
+  local need=$1 tag=$2 config=$3; shift 3
+  if [ $((SECONDS + need)) -gt "${AB_DEADLINE:-540}" ]; then echo "=== SKIPPED (time, at $SECONDS s) $tag $config" | tee -a "$log"; return; fi
+  echo "=== [$SECONDS s] $tag $config $*" | tee -a "$log"
+  timeout $((need + 40)) python3 benchmarks/iteration.py --config "$config" --min-per-branch 2 --breakdown-steps 1 --phase late \
+    --steps 10 --tag "$tag" --out "$OUT" "$@" 2>&1 | grep -v -E "LeafSpec|litlogger|eval mode" | tail -9 | tee -a "$log"
 }
 for part in "$@"; do
   case "$part" in
@@ -139,6 +158,15 @@ for part in "$@"; do
         files=$(ls "$OUT"/iteration_stage_1_*_"$mode"_*.json "$OUT"/iteration_stage_2_*_"$mode"_*.json \
                    "$OUT"/iteration_stage_3_late_"$mode"_*.json 2>/dev/null)
         [ -n "$files" ] && run 60 python3 benchmarks/iteration.py --estimate $files --estimate-field random
+      done ;;
+    ab)
+      for stage in ${AB_CONFIGS:-1 3}; do
+        need=60; [ "$stage" = 1 ] && need=45  # stage 1 took 31-35 s per run in session 10, stage 3 46-50 s
+        sets="AB_SET_$stage"; sets=${!sets:-${AB_SET:?AB_SET=key=value needed}}  # AB_SET_3_vc=... for one config
+        for round in $(seq "${AB_ROUNDS:-2}"); do
+          ab_run "$need" "${AB_TAG:-ab}_on$round" "configs/fourdfy_stage_$stage.yaml"
+          ab_run "$need" "${AB_TAG:-ab}_off$round" "configs/fourdfy_stage_$stage.yaml" $sets
+        done
       done ;;
     *) echo "unknown part $part" | tee -a "$log" ;;
   esac

@@ -123,6 +123,12 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
                    "no-grad shading beyond the patch renderer's gradient budget in chunks of 10^6 samples -> 4D-fy's "
                    "160,000",
                    lambda tree: _get(tree, "system.renderer.base_renderer_type") == "mask-nerf-volume-renderer"),
+    FastPathSwitch("system.renderer.reuse_culling_encoding", "false",
+                   "shading reuses the alpha culling's hash-grid encodings -> every kept sample encoded twice",
+                   lambda tree: _get(tree, "system.renderer_type") in ("nerf-volume-renderer", "mask-nerf-volume-renderer")),
+    FastPathSwitch("system.renderer.base_renderer.reuse_culling_encoding", "false",
+                   "the patch renderer's base renderer reuses the culling's encodings -> encodes twice",
+                   lambda tree: _get(tree, "system.renderer.base_renderer_type") == "mask-nerf-volume-renderer"),
     FastPathSwitch("system.guidance_multi_view.cuda_graph", "false", "MVDream UNet forward replayed from a CUDA graph",
                    _guidance_is("guidance_type_multi_view", "multiview-diffusion-guidance")),
     FastPathSwitch("system.guidance.cuda_graph", "false", "VSD UNet forwards (SD, LoRA no-grad) from CUDA graphs",

@@ -11,7 +11,9 @@ H200 against some 20-40 ms that its ~12 TFLOP would need. This script times exac
 - memory layout of the encoder's weights and input: ``nchw`` (PyTorch's default; cuDNN's fp16 kernels then transpose
   every activation to NHWC and back) or ``channels_last``;
 - ``torch.backends.cudnn.benchmark`` off (default) or on (cuDNN times its algorithms per shape once);
-- frames per checkpointed encoder call (``vae_checkpoint_frames``; 0 = no checkpointing, all activations kept).
+- frames per checkpointed encoder call (``vae_checkpoint_frames``; 0 = no checkpointing, all activations kept);
+- ``--compile off on``: the encoder eager, or through ``torch.compile`` (Inductor, static shapes; the first call's
+  time, compilation included, is reported as ``compile_s``).
 
 Per combination: forward ms (no grad), forward + backward ms (the training step's encoder work), peak memory, and
 the largest difference of latents and frame gradients from the ``nchw`` / benchmark-off run with the same frames
@@ -25,6 +27,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,6 +55,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="frames per checkpointed call to time (0: no checkpointing)")  # fmt: skip
     p.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), default=tuple(LAYOUTS))
     p.add_argument("--cudnn-benchmark", nargs="+", choices=("off", "on"), default=("off", "on"))
+    p.add_argument("--compile", nargs="+", choices=("off", "on"), default=("off",),
+                   help="the encoder eager and/or through torch.compile")  # fmt: skip
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
@@ -71,12 +76,17 @@ def build_vae(tiny: bool, device: torch.device, dtype: torch.dtype) -> torch.nn.
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def encode_call(vae: torch.nn.Module, images: torch.Tensor, chunk: int, dtype: torch.dtype, seed: int):
+def encode_call(vae: torch.nn.Module, images: torch.Tensor, chunk: int, dtype: torch.dtype, seed: int, encoder=None):
     """``encode_frames`` as the video guidances call it: every frame with gradient, ``chunk`` frames per
-    checkpointed call, latents from the posterior (noise from a generator seeded with ``seed``)."""
+    checkpointed call, latents from the posterior (noise from a generator seeded with ``seed``). ``encoder``
+    replaces ``vae.encoder`` (a compiled one); the moments are then ``quant_conv(encoder(x))``, what
+    ``vae.encode(x).latent_dist.parameters`` computes."""
 
     def moments(x: torch.Tensor) -> torch.Tensor:
-        return vae.encode(x.to(dtype)).latent_dist.parameters
+        if encoder is None:
+            return vae.encode(x.to(dtype)).latent_dist.parameters
+        h = encoder(x.to(dtype))
+        return h if vae.quant_conv is None else vae.quant_conv(h)
 
     generator = torch.Generator(device=images.device).manual_seed(seed)
     sample = functools.partial(video_sds.vae_posterior_sample, scaling_factor=vae.config.scaling_factor,
@@ -84,23 +94,34 @@ def encode_call(vae: torch.nn.Module, images: torch.Tensor, chunk: int, dtype: t
     return video_sds.encode_frames(moments, images, None, sample, checkpoint_frames=chunk)
 
 
-def run_variant(vae, frames: torch.Tensor, upstream: torch.Tensor, layout: str, chunk: int, dtype, args) -> dict:
+def run_variant(
+    vae, frames: torch.Tensor, upstream: torch.Tensor, layout: str, chunk: int, dtype, args, compiled: bool = False
+) -> dict:
     """Time one variant; returns its row with the latents and frame gradient of one seeded call."""
     device = frames.device
     fmt = LAYOUTS[layout]
     vae.to(memory_format=fmt)
     images = frames.contiguous(memory_format=fmt)
+    encoder = torch.compile(vae.encoder, dynamic=False) if compiled else None
 
     def forward() -> None:
         with torch.no_grad():
-            encode_call(vae, images, chunk, dtype, seed=0)
+            encode_call(vae, images, chunk, dtype, seed=0, encoder=encoder)
 
     def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
         x = images.detach().requires_grad_(True)
-        z = encode_call(vae, x, chunk, dtype, seed=0)
+        z = encode_call(vae, x, chunk, dtype, seed=0, encoder=encoder)
         (z * upstream).sum().backward()
         return z.detach(), x.grad
 
+    compile_s = None
+    if compiled:  # the first calls compile (forward without grad, then forward and backward): timed apart
+        start = time.perf_counter()
+        forward()
+        forward_backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -110,7 +131,7 @@ def run_variant(vae, frames: torch.Tensor, upstream: torch.Tensor, layout: str, 
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
     z, grad = forward_backward()
     return {"forward_ms": fwd["median_ms"], "forward_backward_ms": both["median_ms"], "peak_gib": peak,
-            "_z": z.float(), "_grad": grad.float()}  # fmt: skip
+            "compile_s": compile_s, "_z": z.float(), "_grad": grad.float()}  # fmt: skip
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -127,16 +148,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     latent = (args.frames, vae.config.latent_channels, h // 8, w // 8)
     upstream = torch.randn(latent, generator=g).to(device)
     rows, references = [], {}
-    for bench, layout, chunk in itertools.product(args.cudnn_benchmark, args.layouts, args.chunks):
+    for comp, bench, layout, chunk in itertools.product(args.compile, args.cudnn_benchmark, args.layouts, args.chunks):
         torch.backends.cudnn.benchmark = bench == "on"
-        row = run_variant(vae, frames, upstream, layout, chunk, dtype, args)
+        row = run_variant(vae, frames, upstream, layout, chunk, dtype, args, compiled=comp == "on")
         z, grad = row.pop("_z"), row.pop("_grad")
         ref = references.setdefault(chunk, (z, grad))
-        row.update(cudnn_benchmark=bench, layout=layout, frames_per_call=chunk,
+        row.update(compiled=comp == "on", cudnn_benchmark=bench, layout=layout, frames_per_call=chunk,
                    latent_max_diff=float((z - ref[0]).abs().max()), grad_max_diff=float((grad - ref[1]).abs().max()),
                    grad_max_abs=float(ref[1].abs().max()))  # fmt: skip
         rows.append(row)
-        print(f"  cudnn.benchmark {bench:<3} {layout:<13} frames/call {chunk:>2}: forward {row['forward_ms']:8.2f} ms"
+        print(f"  compile {comp:<3} cudnn.benchmark {bench:<3} {layout:<13} frames/call {chunk:>2}: forward {row['forward_ms']:8.2f} ms"
               f"  fwd+bwd {row['forward_backward_ms']:8.2f} ms", flush=True)  # fmt: skip
     torch.backends.cudnn.benchmark = False
     report = {"benchmark": "vae_encoder", "card": card_name(), "device": args.device, "dtype": args.dtype,
@@ -154,11 +175,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 def print_table(report: dict) -> None:
     print(f"\nVAE encoder, {report['frames']} frames at {report['size'][0]}x{report['size'][1]}, {report['dtype']}, "
           f"{report['card']}:")  # fmt: skip
-    print(f"{'cudnn.bench':>11} {'layout':>13} {'frames/call':>11} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak GiB':>9}"
+    print(f"{'compiled':>8} {'cudnn.bench':>11} {'layout':>13} {'frames/call':>11} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak GiB':>9}"
           f" {'max |dz|':>10} {'max |dgrad|':>12}")  # fmt: skip
     for r in report["rows"]:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{r['cudnn_benchmark']:>11} {r['layout']:>13} {r['frames_per_call']:>11} {r['forward_ms']:>9.2f} "
+        print(f"{str(r.get('compiled', False)):>8} {r['cudnn_benchmark']:>11} {r['layout']:>13} {r['frames_per_call']:>11} {r['forward_ms']:>9.2f} "
               f"{r['forward_backward_ms']:>11.2f} {peak:>9} {r['latent_max_diff']:>10.2e} {r['grad_max_diff']:>12.2e}")
 
 

@@ -156,6 +156,19 @@ class CompositeEncoding(nn.Module):
         return self._prefix(x, out)
 
 
+    def can_attach_gradient(self, x: Tensor) -> bool:
+        """Whether :meth:`attach_gradient` works here: no xyz prefix, and the wrapped encoding supports it."""
+        inner = getattr(self.encoding, "can_attach_gradient", None)
+        return not self.include_xyz and inner is not None and inner(x)
+
+    def attach_gradient(self, x: Float[Tensor, "N D"], times: Optional[Tensor], values: Float[Tensor, "N C"]) -> Float[Tensor, "N C"]:
+        """``values``, computed without gradient as ``self(x, times)[0]``, with the gradient path of that encoding
+        to the grids' tables (:meth:`HashGrid.attach_gradient`)."""
+        if not self.can_attach_gradient(x):
+            raise ValueError(f"{type(self.encoding).__name__} cannot take the gradient of values computed elsewhere")
+        return self.encoding.attach_gradient(x, times, values)
+
+
 def make_hash_grid(n_input_dims: int, params: HashGridParams, grid_type: str = "Hash") -> HashGrid:
     """A :class:`HashGrid` with the hyper-parameters of a parsed grid config."""
     return HashGrid(
@@ -247,6 +260,22 @@ class HashGridSpatialTime(nn.Module):
         t = _time_column(times, x, self.static, "HashGridSpatialTime")
         enc = self.encoding(x) + self.encoding_time(torch.cat([x, t], dim=-1))
         return enc, None
+
+
+    def can_attach_gradient(self, x: Tensor) -> bool:
+        """Whether :meth:`attach_gradient` works for points like ``x`` (both grids on the torch or Triton path)."""
+        return self.encoding.can_attach_gradient(x) and self.encoding_time.can_attach_gradient(x)
+
+    def attach_gradient(
+        self, x: Float[Tensor, "N D"], times: Optional[Float[Tensor, "#N 1"]], values: Float[Tensor, "N C"]
+    ) -> Float[Tensor, "N C"]:
+        """``values = grid3(x) + grid4([x, t])``, computed without gradient, given the gradient path of both terms
+        to their tables (a frozen grid adds none); no grid is evaluated again."""
+        out = self.encoding.attach_gradient(x, values)
+        if any(p.requires_grad for p in self.encoding_time.parameters()):
+            t = _time_column(times, x, self.static, "HashGridSpatialTime")
+            out = self.encoding_time.attach_gradient(torch.cat([x, t], dim=-1), out)
+        return out
 
 
 class HashGridSpatialTimeDeform(nn.Module):

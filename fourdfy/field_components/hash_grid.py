@@ -162,27 +162,56 @@ class _HashGridFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None]:
         x, params = ctx.saved_tensors
-        layout: GridLayout = ctx.layout
-        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        n_feat = layout.n_features_per_level
-        dtype = grad_out.dtype
-        xc = x.to(dtype)
-        table = params.view(-1, n_feat)
-        grad_table = torch.zeros(table.shape, dtype=dtype, device=params.device) if need_params else None
-        grad_x = torch.zeros_like(xc) if need_x else None
-        for i, level in enumerate(layout.levels):
-            g = grad_out[:, i * n_feat : (i + 1) * n_feat]
-            rows, weights, frac = level_corners(xc, level)
-            if need_params:
-                contrib = weights.unsqueeze(-1) * g.unsqueeze(1)  # [N, 2^D, F]
-                grad_table.index_add_(0, rows.reshape(-1), contrib.reshape(-1, n_feat))
-            if need_x:
-                feats = table.index_select(0, rows.reshape(-1)).view(*rows.shape, n_feat).to(dtype)
-                s = (feats * g.unsqueeze(1)).sum(dim=-1)  # dL/d(weight_c), [N, 2^D]
-                for d, dw in enumerate(_weight_derivatives(frac)):
-                    grad_x[:, d] += level.scale * (dw * s).sum(dim=1)  # dpos/dx = scale
-        grad_params = grad_table.reshape(-1).to(params.dtype) if need_params else None
-        return (grad_x.to(x.dtype) if need_x else None), grad_params, None
+        grad_x, grad_params = hash_grid_backward(
+            x, params, ctx.layout, grad_out, need_x=ctx.needs_input_grad[0], need_params=ctx.needs_input_grad[1]
+        )
+        return grad_x, grad_params, None
+
+
+def hash_grid_backward(
+    x: Float[Tensor, "N D"], params: Float[Tensor, " P"], layout: GridLayout, grad_out: Float[Tensor, "N C"],
+    need_x: bool, need_params: bool,
+) -> tuple[Optional[Tensor], Optional[Tensor]]:  # fmt: skip
+    """The vector-Jacobian product of :func:`hash_grid_encode` at ``x``: ``(dL/dx or None, dL/dparams or None)``
+    for ``grad_out = dL/d(encoding)``. It needs only the points and the table, not the forward's values, so a
+    caller that encoded ``x`` elsewhere can still take the gradient (:class:`HashGrid.attach_gradient`)."""
+    n_feat = layout.n_features_per_level
+    dtype = grad_out.dtype
+    xc = x.to(dtype)
+    table = params.view(-1, n_feat)
+    grad_table = torch.zeros(table.shape, dtype=dtype, device=params.device) if need_params else None
+    grad_x = torch.zeros_like(xc) if need_x else None
+    for i, level in enumerate(layout.levels):
+        g = grad_out[:, i * n_feat : (i + 1) * n_feat]
+        rows, weights, frac = level_corners(xc, level)
+        if need_params:
+            contrib = weights.unsqueeze(-1) * g.unsqueeze(1)  # [N, 2^D, F]
+            grad_table.index_add_(0, rows.reshape(-1), contrib.reshape(-1, n_feat))
+        if need_x:
+            feats = table.index_select(0, rows.reshape(-1)).view(*rows.shape, n_feat).to(dtype)
+            s = (feats * g.unsqueeze(1)).sum(dim=-1)  # dL/d(weight_c), [N, 2^D]
+            for d, dw in enumerate(_weight_derivatives(frac)):
+                grad_x[:, d] += level.scale * (dw * s).sum(dim=1)  # dpos/dx = scale
+    grad_params = grad_table.reshape(-1).to(params.dtype) if need_params else None
+    return (grad_x.to(x.dtype) if need_x else None), grad_params
+
+
+class _AttachGridGradient(torch.autograd.Function):
+    """``values`` passed through unchanged; the backward passes their gradient on and adds the grid's table
+    gradient at ``x`` as if ``values`` had been the grid's encoding of ``x`` (:meth:`HashGrid.attach_gradient`)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, x: Tensor, params: Tensor, grid: "HashGrid") -> Tensor:
+        ctx.save_for_backward(x, params)
+        ctx.grid = grid
+        return values  # autograd makes the output a view of ``values`` with this node as its history
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], None, Optional[Tensor], None]:
+        x, params = ctx.saved_tensors
+        grad_params = ctx.grid.backward_at(x, params, grad_out) if ctx.needs_input_grad[2] else None
+        return (grad_out if ctx.needs_input_grad[0] else None), None, grad_params, None
 
 
 def hash_grid_encode(x: Float[Tensor, "N D"], params: Float[Tensor, " P"], layout: GridLayout) -> Float[Tensor, "N C"]:
@@ -339,6 +368,38 @@ class HashGrid(nn.Module):
             self.implementation == "auto" and x.is_cuda and hash_grid_triton.triton_available()
             and hash_grid_triton.supports(self.layout)
         )  # fmt: skip
+
+    def can_attach_gradient(self, x: Tensor) -> bool:
+        """Whether :meth:`attach_gradient` works for points like ``x`` (the torch and Triton paths; not tcnn, whose
+        backward needs its own forward's context)."""
+        return not self.uses_tcnn(x)
+
+    def attach_gradient(self, x: Float[Tensor, "N D"], values: Float[Tensor, "N C"]) -> Float[Tensor, "N C"]:
+        """``values``, computed without gradient as ``self(x)`` (or as a sum of it with other terms), given the
+        gradient path of ``self(x)`` to ``params``: the backward adds the table gradient at ``x`` and passes the
+        values' gradient on. Both backwards need only the points, so a renderer that encoded its samples for the
+        alpha culling shades them without encoding them again. Returns ``values`` itself when no gradient is
+        wanted (``params`` frozen or grad disabled). ``x`` must not require a gradient (no position gradient is
+        produced)."""
+        if not (torch.is_grad_enabled() and self.params.requires_grad):
+            return values
+        if x.requires_grad:
+            raise ValueError("HashGrid.attach_gradient: x requires a gradient, which this path does not produce")
+        if values.shape != (x.shape[0], self.n_output_dims):
+            raise ValueError(
+                f"HashGrid.attach_gradient: values of shape {tuple(values.shape)} for {x.shape[0]} points; "
+                f"expected [{x.shape[0]}, {self.n_output_dims}]"
+            )
+        return _AttachGridGradient.apply(values, x, self.params, self)
+
+    def backward_at(self, x: Tensor, params: Tensor, grad_out: Tensor) -> Tensor:
+        """The table gradient of the encoding of ``x`` for ``grad_out``, through this grid's implementation."""
+        if self.uses_triton(x):
+            from fourdfy.field_components.hash_grid_triton import hash_grid_backward_triton
+
+            grad = hash_grid_backward_triton(x, params, self.layout, grad_out, need_x=False, need_params=True)[1]
+            return grad.to(params.dtype)
+        return hash_grid_backward(x, params, self.layout, grad_out, need_x=False, need_params=True)[1]
 
     def forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N C"]:
         """Encode ``x`` (``[N, D]``, normally in ``[0, 1]^D``) into ``[N, L * F]`` level-major features."""

@@ -349,30 +349,43 @@ class _TritonHashGrid(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None]:
         xc, table = ctx.saved_tensors
-        layout: GridLayout = ctx.layout
-        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        n, d = xc.shape
-        f, n_levels = layout.n_features_per_level, len(layout.levels)
-        rows = layout.n_entries
-        priv_levels = private_levels(layout) if need_params else 0
-        copies = PRIVATE_COPIES if priv_levels else 1
-        priv_rows = layout.levels[priv_levels - 1].offset + layout.levels[priv_levels - 1].size if priv_levels else 0
-        # the table gradient, then the private copies of the leading levels' rows (summed into it below)
-        grad_buffer = table.new_zeros((rows + copies * priv_rows) * f) if need_params else table.new_zeros(1)
-        grad_x = torch.zeros_like(xc) if need_x else xc.new_zeros(1)
-        primes = HASH_PRIMES[:4]
-        grid = launch_grid(n, n_levels)
-        _hash_grid_bwd[grid](
-            xc, table, grad_out.contiguous().float(), grad_buffer, grad_x, *level_tables(layout, xc.device), n,
-            rows, priv_rows, D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
-            VEC2=need_params and uses_vector_atomics(f, xc.device), C=interleaved_levels(layout),
-            PRIV_LEVELS=priv_levels, COPIES=copies, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
-        )  # fmt: skip
-        grad_params = grad_buffer[: rows * f]  # a view: the copies' few MB stay allocated with the gradient
-        if priv_levels:
-            grad_params[: priv_rows * f] += grad_buffer[rows * f :].view(copies, priv_rows * f).sum(0)
         x_dtype, p_dtype = ctx.dtypes
-        return (grad_x.to(x_dtype) if need_x else None), (grad_params.to(p_dtype) if need_params else None), None
+        grad_x, grad_params = hash_grid_backward_triton(
+            xc, table, ctx.layout, grad_out, need_x=ctx.needs_input_grad[0], need_params=ctx.needs_input_grad[1]
+        )
+        return (grad_x.to(x_dtype) if grad_x is not None else None), (
+            grad_params.to(p_dtype) if grad_params is not None else None
+        ), None
+
+
+def hash_grid_backward_triton(
+    x: Tensor, params: Tensor, layout: GridLayout, grad_out: Tensor, need_x: bool, need_params: bool
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The Triton version of :func:`fourdfy.field_components.hash_grid.hash_grid_backward`: float32
+    ``(dL/dx or None, dL/dparams or None)`` at ``x``, from the points and the table alone."""
+    xc = x.contiguous().float()
+    table = params.contiguous().float()
+    n, d = xc.shape
+    f, n_levels = layout.n_features_per_level, len(layout.levels)
+    rows = layout.n_entries
+    priv_levels = private_levels(layout) if need_params else 0
+    copies = PRIVATE_COPIES if priv_levels else 1
+    priv_rows = layout.levels[priv_levels - 1].offset + layout.levels[priv_levels - 1].size if priv_levels else 0
+    # the table gradient, then the private copies of the leading levels' rows (summed into it below)
+    grad_buffer = table.new_zeros((rows + copies * priv_rows) * f) if need_params else table.new_zeros(1)
+    grad_x = torch.zeros_like(xc) if need_x else xc.new_zeros(1)
+    primes = HASH_PRIMES[:4]
+    grid = launch_grid(n, n_levels)
+    _hash_grid_bwd[grid](
+        xc, table, grad_out.contiguous().float(), grad_buffer, grad_x, *level_tables(layout, xc.device), n,
+        rows, priv_rows, D=d, F=f, L=n_levels, BLOCK=BLOCK, NEED_PARAMS=need_params, NEED_X=need_x,
+        VEC2=need_params and uses_vector_atomics(f, xc.device), C=interleaved_levels(layout),
+        PRIV_LEVELS=priv_levels, COPIES=copies, P0=primes[0], P1=primes[1], P2=primes[2], P3=primes[3],
+    )  # fmt: skip
+    grad_params = grad_buffer[: rows * f]  # a view: the copies' few MB stay allocated with the gradient
+    if priv_levels:
+        grad_params[: priv_rows * f] += grad_buffer[rows * f :].view(copies, priv_rows * f).sum(0)
+    return (grad_x if need_x else None), (grad_params if need_params else None)
 
 
 def hash_grid_encode_triton(x: Tensor, params: Tensor, layout: GridLayout) -> Tensor:

@@ -30,9 +30,20 @@ class BaseGeometry(BaseModule):
 
     kind = "geometry"
 
-    def forward(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> GeometryOutput:
-        """Density and features at world ``points`` and ``times``."""
+    def forward(
+        self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"], encoding: Optional[Tensor] = None
+    ) -> GeometryOutput:
+        """Density and features at world ``points`` and ``times``. ``encoding``: what :meth:`density_and_encoding`
+        returned for these same points and times, reused instead of encoding them again (same values, same
+        gradients)."""
         raise NotImplementedError
+
+    def density_and_encoding(
+        self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]
+    ) -> tuple[Float[Tensor, "N 1"], Optional[Tensor]]:
+        """:meth:`forward_density`, and the points' encoding if :meth:`forward` can reuse it (``None`` if not, the
+        default). Called without gradient (the renderer's alpha culling)."""
+        return self.forward_density(points, times), None
 
     def forward_density(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> Float[Tensor, "N 1"]:
         """Density only (occupancy updates, sample culling, mesh extraction)."""

@@ -135,20 +135,40 @@ class ImplicitVolume(BaseGeometry):
             )
         return torch.zeros_like(points[..., :1])
 
-    def _encode(self, points: Tensor, times: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def _unit(self, points: Tensor) -> Tensor:
         lo, hi = self.bbox[0], self.bbox[1]
-        unit = (points - lo) / (hi - lo)
-        return self.encoding(unit, times)
+        return (points - lo) / (hi - lo)
 
-    def forward(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> GeometryOutput:
-        """Density and features at world ``points`` and ``times`` (in [0, 1])."""
-        enc, deformation = self._encode(points, times)
+    def _encode(self, points: Tensor, times: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        return self.encoding(self._unit(points), times)
+
+    def _density(self, points: Tensor, enc: Tensor) -> Tensor:
         raw = self.density_network(enc)
-        density = self.density_act(raw + self.density_bias(points).to(raw.dtype))
-        return GeometryOutput(density=density, features=self.feature_network(enc), deformation=deformation)
+        return self.density_act(raw + self.density_bias(points).to(raw.dtype))
+
+    def forward(
+        self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"], encoding: Optional[Tensor] = None
+    ) -> GeometryOutput:
+        """Density and features at world ``points`` and ``times`` (in [0, 1]). ``encoding`` (from
+        :meth:`density_and_encoding` at the same points and times) replaces the grids' forward: the values are
+        taken as they are and the grids' backward is attached to them."""
+        if encoding is None:
+            enc, deformation = self._encode(points, times)
+        else:
+            enc, deformation = self.encoding.attach_gradient(self._unit(points), times, encoding), None
+        return GeometryOutput(density=self._density(points, enc), features=self.feature_network(enc), deformation=deformation)
 
     def forward_density(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> Float[Tensor, "N 1"]:
         """Density only (occupancy updates and sample culling)."""
         enc, _ = self._encode(points, times)
-        raw = self.density_network(enc)
-        return self.density_act(raw + self.density_bias(points).to(raw.dtype))
+        return self._density(points, enc)
+
+    def density_and_encoding(
+        self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]
+    ) -> tuple[Float[Tensor, "N 1"], Optional[Tensor]]:
+        """Density, and the encoding when :meth:`forward` can reuse it: a space-time grid without deformation on
+        the torch or Triton path (the deformation variant's grid input depends on trained weights, and tcnn's
+        backward needs its own forward)."""
+        enc, deformation = self._encode(points, times)
+        reusable = deformation is None and self.encoding.can_attach_gradient(points)
+        return self._density(points, enc), (enc.detach() if reusable else None)

@@ -140,6 +140,12 @@ class NeRFVolumeRenderer(Renderer):
         """Rays per chunk in evaluation."""
         prune_alpha_threshold: bool = True
         """Drop samples with opacity < 0.01 (or the grid's mean occupancy, if lower) before shading."""
+        reuse_culling_encoding: bool = True
+        """Shade the samples that survive the alpha culling with the hash-grid encodings the culling's density
+        pass computed for them, instead of encoding them a second time (4D-fy encoded twice). The grids' backward
+        needs only the sample positions (:meth:`~fourdfy.field_components.hash_grid.HashGrid.attach_gradient`), so
+        values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
+        the culling to the shading. Applies to space-time grids on the torch or Triton path; false: encode twice."""
         occ_grid_res: int = ranged(32, ge=1)
         """Occupancy grid resolution."""
         checkpoint_samples: int = ranged(1_000_000, ge=0)
@@ -191,39 +197,51 @@ class NeRFVolumeRenderer(Renderer):
 
     # -- rendering ----------------------------------------------------------------------------------------------
 
-    def sample(self, rays_o: Tensor, rays_d: Tensor, ray_times: Float[Tensor, "R 1"]) -> tuple[Tensor, Tensor, Tensor]:
-        """Occupied, visible intervals along the rays (no gradients); densities are culled at each ray's time."""
+    def sample(
+        self, rays_o: Tensor, rays_d: Tensor, ray_times: Float[Tensor, "R 1"]
+    ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """Occupied, visible intervals along the rays (no gradients); densities are culled at each ray's time.
+        Returns ``(ray_indices, t_starts, t_ends, encoding)``: the kept samples' encodings from the culling pass
+        when ``reuse_culling_encoding`` holds and the geometry offers them, else ``None``."""
+        reuse = self.cfg.reuse_culling_encoding
 
-        def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
+        def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> tuple[Tensor, Optional[Tensor]]:
             pos = rays_o[ray_indices] + rays_d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
-            return self.geometry.forward_density(pos, ray_times[ray_indices])[:, 0]
+            if reuse:
+                density, encoding = self.geometry.density_and_encoding(pos, ray_times[ray_indices])
+                return density[:, 0], encoding
+            return self.geometry.forward_density(pos, ray_times[ray_indices])[:, 0], None
 
         near, far = self.planes()
         return self.estimator.sampling(
             rays_o, rays_d, sigma_fn, near_plane=near, far_plane=far,
             render_step_size=self.render_step_size,
             alpha_thre=0.01 if self.cfg.prune_alpha_threshold else 0.0,
-            stratified=self.cfg.randomized and self.training,
+            stratified=self.cfg.randomized and self.training, with_extras=True,
         )  # fmt: skip
 
     def planes(self) -> tuple[float, float]:
         """Near and far distance of the samples (nerfacc's defaults here)."""
         return 0.0, 1e10
 
-    def shade(self, positions: Float[Tensor, "S 3"], viewdirs: Float[Tensor, "S 3"], times: Float[Tensor, "S 1"]) -> Shading:
-        """Field and material at sample positions and times."""
-        geo = self.geometry(positions, times)
+    def shade(
+        self, positions: Float[Tensor, "S 3"], viewdirs: Float[Tensor, "S 3"], times: Float[Tensor, "S 1"],
+        encoding: Optional[Tensor] = None,
+    ) -> Shading:  # fmt: skip
+        """Field and material at sample positions and times (``encoding``: the samples' encodings from the
+        culling pass, reused by the geometry)."""
+        geo = self.geometry(positions, times) if encoding is None else self.geometry(positions, times, encoding=encoding)
         rgb = self.material(geo.features, viewdirs)
         return Shading(density=geo.density[:, 0], rgb=rgb, deformation=geo.deformation)
 
     def shade_samples(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
-        ray_times: Tensor, grad_budget: Optional[int],
+        ray_times: Tensor, grad_budget: Optional[int], encoding: Optional[Tensor] = None,
     ) -> Shading:  # fmt: skip
         """Shade packed samples (the mask renderer overrides this to cap the gradient-carrying ones)."""
         dirs = rays_d[ray_indices]
         positions = rays_o[ray_indices] + dirs * ((t_starts + t_ends) * 0.5)[:, None]
-        return self.shade(positions, dirs, ray_times[ray_indices])
+        return self.shade(positions, dirs, ray_times[ray_indices], encoding)
 
     def render_rays(
         self, rays_o: Float[Tensor, "R 3"], rays_d: Float[Tensor, "R 3"], ray_times: Float[Tensor, "R 1"],
@@ -232,16 +250,18 @@ class NeRFVolumeRenderer(Renderer):
         """Render flat rays, each at its own time; returns per-ray outputs and the number of samples. In training
         with gradients and more samples than :meth:`checkpoint_group_samples`, the shading and compositing run in
         checkpointed ray groups (:meth:`shade_and_composite_checkpointed`)."""
-        ray_indices, t_starts, t_ends = self.sample(rays_o, rays_d, ray_times)
+        ray_indices, t_starts, t_ends, encoding = self.sample(rays_o, rays_d, ray_times)
         n = int(ray_indices.shape[0])
         group = self.checkpoint_group_samples(grad_budget)
         checkpoint = group > 0 and n > group and self.training and torch.is_grad_enabled()
         if checkpoint and not self.fits_unchunked(n, rays_o):
             parts = self.shade_and_composite_checkpointed(
-                ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, group
+                ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, group, encoding
             )
         else:
-            shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, grad_budget)
+            shading = self.shade_samples(
+                ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, grad_budget, encoding
+            )
             parts = composite_foreground(shading, t_starts, t_ends, ray_indices, rays_o.shape[0])
         bg = self.background(rays_d)
         return with_background(*parts, bg), n
@@ -258,23 +278,27 @@ class NeRFVolumeRenderer(Renderer):
 
     def shade_and_composite_checkpointed(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
-        ray_times: Tensor, group_samples: int,
+        ray_times: Tensor, group_samples: int, encoding: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:  # fmt: skip
         """:func:`composite_foreground` of all rays, computed in ray groups of about ``group_samples`` samples
         (:func:`ray_groups`), each under ``torch.utils.checkpoint`` (non-reentrant; the RNG state is replayed in the
-        recompute): the samples' activations of a group are freed after its forward and rebuilt in backward."""
+        recompute): the samples' activations of a group are freed after its forward and rebuilt in backward. The
+        culling's ``encoding`` of a group (no gradient of its own) is an input the checkpoint keeps, so the
+        recompute does not encode the group either."""
         outputs = []
         for r0, r1, s0, s1 in ray_groups(ray_indices, rays_o.shape[0], group_samples):
             outputs.append(torch.utils.checkpoint.checkpoint(
                 self._shade_and_composite_group, ray_indices[s0:s1] - r0, t_starts[s0:s1], t_ends[s0:s1],
-                rays_o[r0:r1], rays_d[r0:r1], ray_times[r0:r1], use_reentrant=False,
+                rays_o[r0:r1], rays_d[r0:r1], ray_times[r0:r1], None if encoding is None else encoding[s0:s1],
+                use_reentrant=False,
             ))  # fmt: skip
         return tuple(None if out[0] is None else torch.cat(out) for out in zip(*outputs))
 
     def _shade_and_composite_group(
-        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, ray_times: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
-        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None)
+        self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, ray_times: Tensor,
+        encoding: Optional[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:  # fmt: skip
+        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None, encoding)
         return composite_foreground(shading, t_starts, t_ends, ray_indices, rays_o.shape[0])
 
     def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
@@ -319,6 +343,12 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         grid_prune: bool = True
         """Skip empty space with the occupancy grid (false: every cell stays occupied, never updated)."""
         prune_alpha_threshold: bool = True
+        reuse_culling_encoding: bool = True
+        """Shade the samples that survive the alpha culling with the hash-grid encodings the culling's density
+        pass computed for them, instead of encoding them a second time (4D-fy encoded twice). The grids' backward
+        needs only the sample positions (:meth:`~fourdfy.field_components.hash_grid.HashGrid.attach_gradient`), so
+        values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
+        the culling to the shading. Applies to space-time grids on the torch or Triton path; false: encode twice."""
         train_max_nums: int = 6000000
         """Per-iteration budget of gradient-carrying samples for video batches (divided over sub-renders)."""
         train_max_nums_static: int = 2000000
@@ -358,21 +388,25 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
 
     def shade_samples(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor,
-        ray_times: Tensor, grad_budget: Optional[int],
+        ray_times: Tensor, grad_budget: Optional[int], encoding: Optional[Tensor] = None,
     ) -> Shading:  # fmt: skip
         n = ray_indices.shape[0]
         if not self.training or grad_budget is None or n <= grad_budget or not torch.is_grad_enabled():
-            return super().shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None)
+            return super().shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None, encoding)
         dirs = rays_d[ray_indices]
         positions = rays_o[ray_indices] + dirs * ((t_starts + t_ends) * 0.5)[:, None]
         times = ray_times[ray_indices]
         perm = torch.randperm(n, device=positions.device)
         with_grad, without = perm[:grad_budget], perm[grad_budget:]
-        graded = self.shade(positions[with_grad], dirs[with_grad], times[with_grad])
+
+        def part(idx: Tensor) -> Optional[Tensor]:
+            return None if encoding is None else encoding[idx]
+
+        graded = self.shade(positions[with_grad], dirs[with_grad], times[with_grad], part(with_grad))
         chunk = self.cfg.train_no_grad_chunk_size
         with torch.no_grad():
             rest = cat_tensors([
-                self.shade(positions[idx], dirs[idx], times[idx])
+                self.shade(positions[idx], dirs[idx], times[idx], part(idx))
                 for idx in without.split(chunk)
             ])  # fmt: skip
         return scatter_tensors([(with_grad, graded), (without, rest)], like=graded, shape_of=lambda x: (n, *x.shape[1:]))

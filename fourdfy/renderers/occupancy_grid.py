@@ -148,7 +148,8 @@ class OccupancyGrid(nn.Module):
         cone_angle: float = 0.0,
         generator: torch.Generator | None = None,
         max_candidates: int | None = None,
-    ) -> tuple[Int[Tensor, "S"], Float[Tensor, "S"], Float[Tensor, "S"]]:
+        with_extras: bool = False,
+    ) -> tuple[Tensor | None, ...]:
         """March rays through the grid and return the occupied, visible intervals, packed and sorted by ray.
 
         Not differentiable (runs under ``no_grad``). See the module docstring for the exact rule.
@@ -171,9 +172,13 @@ class OccupancyGrid(nn.Module):
             cone_angle: Must be 0 (nerfacc's growing step size is not reproduced).
             generator: Optional RNG for the stratified offsets (must live on the rays' device); default: global RNG.
             max_candidates: Override of the constructor's sampler budget.
+            with_extras: ``sigma_fn`` returns ``(sigmas, extras)``, ``extras`` a per-sample tensor ``[N, ...]`` or
+                ``None``, and the kept samples' extras are returned too (the renderer keeps the encodings it
+                computed for the culling, to shade the survivors without encoding them again).
 
         Returns:
-            ``(ray_indices [S] int64, t_starts [S], t_ends [S])``.
+            ``(ray_indices [S] int64, t_starts [S], t_ends [S])``, and with ``with_extras`` a fourth element: the
+            extras of those samples, or ``None`` when ``sigma_fn`` gave none or was not called (no culling).
 
         Raises:
             ValueError: A step size, plane or budget is invalid.
@@ -206,22 +211,35 @@ class OccupancyGrid(nn.Module):
         cull = sigma_fn is not None and (alpha_thre > 0 or early_stop_eps > 0)
         # nerfacc lowers the opacity threshold to the grid's mean occupancy; kept on the device to avoid a sync.
         alpha_thre_eff = torch.clamp(self.occs.mean(), max=alpha_thre).to(dtype) if cull else None
-        out_ri, out_t0, out_t1 = [], [], []
+        out_ri, out_t0, out_t1, out_extras = [], [], [], []
         for ray_indices, t_starts, t_ends in chunks:
             if cull and ray_indices.shape[0] > 0:
-                sigmas = _call_sigma_fn(sigma_fn, t_starts, t_ends, ray_indices)
+                sigmas, extras = _call_sigma_fn(sigma_fn, t_starts, t_ends, ray_indices, with_extras)
                 keep = render_visibility_from_density(
                     t_starts, t_ends, sigmas.to(dtype), ray_indices, n_rays, early_stop_eps, alpha_thre_eff
                 )
                 kept = torch.nonzero(keep).squeeze(1)  # host sync (output size): one, not one per boolean index
                 ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
+                out_extras.append(None if extras is None else extras[kept])
+            else:
+                out_extras.append(None)  # no density evaluated: nothing to keep
             out_ri.append(ray_indices)
             out_t0.append(t_starts)
             out_t1.append(t_ends)
         if not out_ri:
             empty = torch.zeros(0, dtype=dtype, device=device)
-            return torch.zeros(0, dtype=torch.long, device=device), empty, empty.clone()
-        return torch.cat(out_ri), torch.cat(out_t0), torch.cat(out_t1)
+            out = (torch.zeros(0, dtype=torch.long, device=device), empty, empty.clone())
+            return (*out, None) if with_extras else out
+        out = (torch.cat(out_ri), torch.cat(out_t0), torch.cat(out_t1))
+        if not with_extras:
+            return out
+        # extras only when every chunk that kept samples has them (an empty chunk has none and needs none)
+        extras = [e for e, ri in zip(out_extras, out_ri) if ri.shape[0] > 0]
+        if not extras or any(e is None for e in extras):
+            all_extras = None
+        else:  # one chunk (the common case) is returned as it is: no second copy of a large tensor
+            all_extras = extras[0] if len(extras) == 1 else torch.cat(extras)
+        return (*out, all_extras)
 
     def _march_torch(
         self, rays_o: Tensor, rays_d: Tensor, near: Tensor, far: Tensor, step: float, budget: int
@@ -398,9 +416,22 @@ class OccupancyGrid(nn.Module):
         return torch.cat([uniform, occupied])
 
 
-def _call_sigma_fn(sigma_fn: SigmaFn, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-    """Evaluate the caller's density function and check it returned one density per sample."""
-    sigmas = sigma_fn(t_starts, t_ends, ray_indices)
+def _call_sigma_fn(
+    sigma_fn: SigmaFn, t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor, with_extras: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Evaluate the caller's density function and check it returned one density per sample (and, with
+    ``with_extras``, per-sample extras); returns ``(sigmas [N], extras or None)``."""
+    out = sigma_fn(t_starts, t_ends, ray_indices)
+    extras = None
+    if with_extras:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("with_extras=True: sigma_fn must return (sigmas, extras or None)")
+        out, extras = out
+        if extras is not None and extras.shape[0] != t_starts.shape[0]:
+            raise ValueError(
+                f"sigma_fn's extras must have one row per sample ({t_starts.shape[0]}); got {tuple(extras.shape)}."
+            )
+    sigmas = out
     if sigmas.dim() == 2 and sigmas.shape[-1] == 1:
         sigmas = sigmas.squeeze(-1)
     if sigmas.shape != t_starts.shape:
@@ -408,4 +439,4 @@ def _call_sigma_fn(sigma_fn: SigmaFn, t_starts: Tensor, t_ends: Tensor, ray_indi
             f"sigma_fn must return one density per sample, shape [{t_starts.shape[0]}] or [{t_starts.shape[0]}, 1]; "
             f"got {tuple(sigmas.shape)}."
         )
-    return sigmas
+    return sigmas, extras

@@ -258,6 +258,48 @@ def test_param_gradient_is_weight_sum():
     torch.testing.assert_close(grid.params.grad, manual)
 
 
+def test_attach_gradient_gives_the_encodings_gradient_without_encoding():
+    """Values encoded without gradient, then attached: the same values, the same table gradient as ``grid(x)``,
+    the upstream gradient passed on; chained over two grids as the space-time encoding sums them."""
+    torch.manual_seed(0)
+    g3, g4 = HashGrid(3, 4, 2, 10, 4, 1.5), HashGrid(4, 4, 2, 10, 4, 1.5)
+    for g in (g3, g4):
+        g.params.data.uniform_(-1.0, 1.0)
+    x = torch.rand(80, 3)
+    xt = torch.cat([x, torch.rand(80, 1)], dim=-1)
+    weight = torch.randn(80, 8)
+    (g3(x) + g4(xt)).mul(weight).sum().backward()
+    ref = (g3.params.grad.clone(), g4.params.grad.clone())
+    g3.zero_grad(), g4.zero_grad()
+    with torch.no_grad():
+        values = g3(x) + g4(xt)
+    calls = []
+    g3.register_forward_hook(lambda *a: calls.append(1))
+    attached = g4.attach_gradient(xt, g3.attach_gradient(x, values))
+    assert torch.equal(attached, values) and attached.requires_grad and calls == []
+    attached.mul(weight).sum().backward()
+    assert float(ref[0].abs().sum()) > 0 and float(ref[1].abs().sum()) > 0
+    torch.testing.assert_close(g3.params.grad, ref[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g4.params.grad, ref[1], atol=1e-6, rtol=1e-6)
+
+
+def test_attach_gradient_passes_the_values_gradient_on_and_checks_its_input():
+    grid = HashGrid(3, 2, 2, 8, 4, 1.5)
+    x = torch.rand(5, 3)
+    values = torch.zeros(5, 4, requires_grad=True)
+    grid.attach_gradient(x, values).mul(3.0).sum().backward()
+    torch.testing.assert_close(values.grad, torch.full((5, 4), 3.0))
+    frozen = HashGrid(3, 2, 2, 8, 4, 1.5).requires_grad_(False)
+    plain = torch.zeros(5, 4)
+    assert frozen.attach_gradient(x, plain) is plain  # nothing to attach
+    with torch.no_grad():
+        assert grid.attach_gradient(x, plain) is plain
+    with pytest.raises(ValueError, match=r"expected \[5, 4\]"):
+        grid.attach_gradient(x, torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="requires a gradient"):
+        grid.attach_gradient(x.clone().requires_grad_(True), plain)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Backends
 # ----------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ class GrowingSphere(nn.Module):
         r = 0.2 + 0.5 * self._t(times)
         return 25.0 + 100.0 * (r - points.norm(dim=-1, keepdim=True))
 
+    def density_and_encoding(self, points: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.forward_density(points, times), None  # no encoding to reuse
+
     def forward(self, points: torch.Tensor, times: torch.Tensor) -> SimpleNamespace:
         features = 4.0 * points + self._t(times)
         return SimpleNamespace(density=self.forward_density(points, times), features=features, dx=None)

@@ -249,3 +249,67 @@ def test_available_device_memory():
     if torch.cuda.is_available():
         free = available_device_memory(torch.device("cuda"))
         assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shading with the culling pass's encodings
+# ---------------------------------------------------------------------------------------------------------------
+
+STATIC_ENC = {"otype": "HashGridSpatialTime", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
+              "base_resolution": 8, "per_level_scale": 1.5, "static": True}  # fmt: skip
+
+
+def count_grid_points(geo):
+    """Points encoded by the geometry's hash grids, summed over calls (forward hooks)."""
+    from fourdfy.field_components.hash_grid import HashGrid
+
+    seen = []
+    for m in geo.modules():
+        if isinstance(m, HashGrid):
+            m.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["plain", "checkpointed", "mask"])
+@pytest.mark.parametrize("encoding", [None, STATIC_ENC, DEFORM_ENC], ids=["hash-grid-4d", "static", "deformation"])
+def test_reusing_the_culling_encoding_changes_no_image_or_gradient(kind, encoding):
+    """``reuse_culling_encoding``: the same images and parameter gradients as encoding twice, with the grids
+    evaluated only in the culling pass (the deformation field cannot reuse: its grid input depends on weights)."""
+    geo, mat, bg = parts(encoding)
+    seen = count_grid_points(geo)
+    results = {}
+    for reuse in (False, True):
+        if kind == "mask":
+            r = MaskNeRFVolumeRenderer({"num_samples_per_ray": 48, "randomized": False,
+                                        "reuse_culling_encoding": reuse}, geo, mat, bg)  # fmt: skip
+        else:
+            r = NeRFVolumeRenderer({"num_samples_per_ray": 48, "randomized": False, "reuse_culling_encoding": reuse,
+                                    "checkpoint_samples": 200 if kind == "checkpointed" else 0}, geo, mat, bg)  # fmt: skip
+        r.train()
+        r.update_step(0, 0)
+        seen.clear()
+        torch.manual_seed(0)
+        for m in (geo, mat, bg):
+            m.zero_grad()
+        out = r(video_batch(), 300 if kind == "mask" else None)
+        loss = (out.comp_rgb * torch.linspace(0.5, 1.5, 3)).sum() + out.depth.sum() + out.z_variance.sum()
+        loss.backward()
+        grads = {f"{i}.{n}": p.grad.clone() for i, m in enumerate((geo, mat, bg)) for n, p in m.named_parameters()
+                 if p.grad is not None}  # fmt: skip
+        results[reuse] = (out, grads, sum(seen))
+    (ref, ref_grads, ref_points), (out, grads, points) = results[False], results[True]
+    assert out.num_samples == ref.num_samples > 300
+    grids = 2  # both grids of the space-time encoding (the static one too: its frozen 4-D grid adds in at t = 0)
+    if encoding is DEFORM_ENC:
+        assert points == ref_points  # fell back to encoding twice
+    else:
+        # without reuse the kept samples are encoded again for shading (checkpointing: once more in backward)
+        again = out.num_samples * grids * (2 if kind == "checkpointed" else 1)
+        assert ref_points - points == again
+    for f in FIELDS:
+        if getattr(ref, f) is not None:
+            torch.testing.assert_close(getattr(out, f), getattr(ref, f), atol=1e-6, rtol=1e-5)
+    assert ref_grads.keys() == grads.keys() and any("encoding" in n for n in grads)
+    for name, g in ref_grads.items():
+        assert float(g.abs().sum()) > 0, name
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-5, msg=name)

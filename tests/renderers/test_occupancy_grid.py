@@ -386,3 +386,34 @@ def test_update_is_reproducible_with_global_seed_and_generator():
     assert torch.equal(run(seed=3), run(seed=3))
     assert torch.equal(run(gen=torch.Generator().manual_seed(4)), run(gen=torch.Generator().manual_seed(4)))
     assert not torch.equal(run(seed=3), run(seed=5))
+
+
+def test_extras_follow_the_kept_samples_in_every_chunking():
+    """``with_extras``: what ``sigma_fn`` returns beside the densities comes back for exactly the kept samples, in
+    their order (here the midpoints themselves), whatever the candidate chunks; ``None`` extras give ``None``."""
+    res = 8
+    grid = OccupancyGrid(resolution=res)
+    grid.binaries.copy_(torch.rand(1, res, res, res, generator=torch.Generator().manual_seed(5)) < 0.5)
+    grid.occs.fill_(0.5)
+    rays_o, rays_d = _rays_at_box(200, seed=6)
+    wall = _wall_sigma_fn(rays_o, rays_d, sigma_wall=20.0, sigma_air=0.5)
+
+    def sigma_fn(t_starts, t_ends, ray_indices):
+        return wall(t_starts, t_ends, ray_indices), _midpoints(rays_o, rays_d, ray_indices, t_starts, t_ends)
+
+    plain = grid.sampling(rays_o, rays_d, wall, render_step_size=STEP, alpha_thre=0.01)
+    for budget in (10**9, 37):
+        ri, t0, t1, extras = grid.sampling(
+            rays_o, rays_d, sigma_fn, render_step_size=STEP, alpha_thre=0.01, max_candidates=budget, with_extras=True
+        )
+        assert all(torch.equal(a, b) for a, b in zip((ri, t0, t1), plain))
+        assert extras.shape == (ri.shape[0], 3) and ri.shape[0] > 1000
+        assert torch.equal(extras, _midpoints(rays_o, rays_d, ri, t0, t1))
+    out = grid.sampling(rays_o, rays_d, lambda a, b, r: (wall(a, b, r), None), render_step_size=STEP, with_extras=True)
+    assert out[3] is None and out[0].shape[0] > 0
+    assert grid.sampling(rays_o, rays_d, None, render_step_size=STEP, with_extras=True)[3] is None  # no culling
+    with pytest.raises(ValueError, match="sigma_fn must return"):
+        grid.sampling(rays_o, rays_d, wall, render_step_size=STEP, with_extras=True)
+    with pytest.raises(ValueError, match="one row per sample"):
+        grid.sampling(rays_o, rays_d, lambda a, b, r: (wall(a, b, r), torch.zeros(1, 3)), render_step_size=STEP,
+                      with_extras=True)  # fmt: skip
