@@ -138,6 +138,8 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
                    _guidance_is("guidance_type", "stable-diffusion-vsd-guidance")),
     FastPathSwitch("system.guidance_video.cuda_graph", "false", "video UNet forward replayed from a CUDA graph",
                    _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
+    FastPathSwitch("system.guidance_video.compile_vae_encoder", "false", "video VAE encoder through torch.compile -> eager",
+                   _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
     FastPathSwitch("system.guidance_video.vae_checkpoint", "false",
                    "VAE encoder checkpointed frame by frame -> all gradient frames in one call",
                    _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),

@@ -184,6 +184,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         unet, vae, table = builder() if builder is not None else self._load_pretrained()
         self.unet = self.freeze(unet)
         self.vae = video_sds.in_layout(self.freeze(vae), self.cfg)
+        self._vae_moments = video_sds.VaeMoments(self.vae, self.cfg.compile_vae_encoder)
         self.register_buffer("alphas_cumprod", table.float().clone(), persistent=False)
         self.register_buffer("scale_arr", scale_arr(num_timesteps=table.shape[0]), persistent=False)
         self.num_train_timesteps = int(table.shape[0])
@@ -229,7 +230,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         factor = self.vae.config.scaling_factor
 
         def moments(x: Tensor) -> Tensor:  # deterministic: recomputed in backward under vae_checkpoint
-            return self.vae.encode(x.to(dtype)).latent_dist.parameters
+            return self._vae_moments(x.to(dtype))
 
         def sample(m: Tensor) -> Tensor:
             return video_sds.vae_posterior_sample(m, factor, generator)

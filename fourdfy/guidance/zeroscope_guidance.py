@@ -226,6 +226,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         parts = load_zeroscope_components(c.pretrained_model_name_or_path, key)
         self.unet = self.freeze(parts.unet)
         self.vae = video_sds.in_layout(self.freeze(parts.vae), self.cfg)
+        self._vae_moments = video_sds.VaeMoments(self.vae, self.cfg.compile_vae_encoder)
         config = parts.scheduler.config
         if config.prediction_type not in sds.PREDICTION_TYPES:
             raise ConfigError(f"{key}: prediction type {config.prediction_type!r} is not one of {sds.PREDICTION_TYPES}")
@@ -301,7 +302,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
 
     def _encode_moments(self, images: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N C2 h2 w2"]:
         """The VAE posterior's parameters ``[mean; logvar]`` (deterministic), in the weights' dtype."""
-        return self.vae.encode(images.to(self.weights_dtype)).latent_dist.parameters
+        return self._vae_moments(images.to(self.weights_dtype))
 
     def sample_draws(
         self, latents: Float[Tensor, "B C T h w"], generator: Optional[torch.Generator] = None

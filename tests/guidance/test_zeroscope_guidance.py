@@ -461,3 +461,36 @@ def test_vae_checkpoint_memory_fraction_skips_the_recompute_where_the_activation
         g.encode_video(torch.rand(2, 4, 6, 8, 3, requires_grad=True), torch.Generator().manual_seed(0)).sum().backward()
         hook.remove()
         assert sorted(calls) == expected
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_vae_encoder_gives_the_eager_latents_and_gradients(monkeypatch, device):
+    """``compile_vae_encoder`` (CUDA only; patched to compile on the CPU too): ``quant_conv(compiled encoder(x))``
+    gives the latents and frame gradients of ``vae.encode``, under the checkpointed encoding's recompute too (fp32
+    weights on both devices); a tiled VAE stays eager; the compiled wrapper stays out of the state dict."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    monkeypatch.setattr(video_sds, "compiles_on", lambda d: True)
+    settings = {"low_ram_vae": -1, "half_precision_weights": False}
+    compiled = make_guidance(**settings).to(device)
+    eager = make_guidance(compile_vae_encoder=False, **settings).to(device)
+    eager.load_state_dict(compiled.state_dict(), strict=True)
+    guidances = {True: compiled, False: eager}
+    frames = torch.rand(2, 4, 6, 8, 3, generator=torch.Generator().manual_seed(3)).to(device)
+
+    def encode(flag):
+        g = guidances[flag]
+        return g.vae.encoder, lambda rgb, gen: g.encode_video(rgb, torch.Generator(device).manual_seed(4))
+
+    grad, _, _ = compare_vae_encodings(
+        encode, frames, torch.randn(2, 4, 4, 2, 3).to(device), seed=4,
+        grad_atol=1e-4,  # Inductor's fused GroupNorm sums in another order (1.6e-5 seen here)
+    )
+    assert float(grad.abs().sum()) > 0
+    moments = compiled._vae_moments
+    assert moments._compiled is not None and eager._vae_moments._compiled is None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    x = torch.rand(1, 3, 16, 24, device=device)
+    assert moments.compiled_for(x)
+    compiled.vae.enable_tiling()
+    assert not moments.compiled_for(x)  # diffusers' tiled encode is not what the compiled path computes
