@@ -471,6 +471,9 @@ def test_compiled_vae_encoder_gives_the_eager_latents_and_gradients(monkeypatch,
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     monkeypatch.setattr(video_sds, "compiles_on", lambda d: True)
+    # on CUDA, TF32 convolutions (cuDNN's default) would round differently for the layouts Inductor picks: compare
+    # in full fp32 (TF32 matmuls are off by default)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     settings = {"low_ram_vae": -1, "half_precision_weights": False}
     compiled = make_guidance(**settings).to(device)
     eager = make_guidance(compile_vae_encoder=False, **settings).to(device)
@@ -484,7 +487,7 @@ def test_compiled_vae_encoder_gives_the_eager_latents_and_gradients(monkeypatch,
 
     grad, _, _ = compare_vae_encodings(
         encode, frames, torch.randn(2, 4, 4, 2, 3).to(device), seed=4,
-        grad_atol=1e-4,  # Inductor's fused GroupNorm sums in another order (1.6e-5 seen here)
+        grad_atol=1e-4, z_atol=1e-5,  # Inductor's fused GroupNorm sums in another order (1.6e-5 seen on a CPU)
     )
     assert float(grad.abs().sum()) > 0
     moments = compiled._vae_moments
