@@ -161,7 +161,9 @@ class CompositeEncoding(nn.Module):
         inner = getattr(self.encoding, "can_attach_gradient", None)
         return not self.include_xyz and inner is not None and inner(x)
 
-    def attach_gradient(self, x: Float[Tensor, "N D"], times: Optional[Tensor], values: Float[Tensor, "N C"]) -> Float[Tensor, "N C"]:
+    def attach_gradient(
+        self, x: Float[Tensor, "N D"], times: Optional[Tensor], values: Float[Tensor, "N C"]
+    ) -> Float[Tensor, "N C"]:
         """``values``, computed without gradient as ``self(x, times)[0]``, with the gradient path of that encoding
         to the grids' tables (:meth:`HashGrid.attach_gradient`)."""
         if not self.can_attach_gradient(x):

@@ -156,7 +156,8 @@ class ImplicitVolume(BaseGeometry):
             enc, deformation = self._encode(points, times)
         else:
             enc, deformation = self.encoding.attach_gradient(self._unit(points), times, encoding), None
-        return GeometryOutput(density=self._density(points, enc), features=self.feature_network(enc), deformation=deformation)
+        density = self._density(points, enc)
+        return GeometryOutput(density=density, features=self.feature_network(enc), deformation=deformation)
 
     def forward_density(self, points: Float[Tensor, "N 3"], times: Float[Tensor, "#N 1"]) -> Float[Tensor, "N 1"]:
         """Density only (occupancy updates and sample culling)."""

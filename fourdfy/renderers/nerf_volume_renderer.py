@@ -145,7 +145,10 @@ class NeRFVolumeRenderer(Renderer):
         pass computed for them, instead of encoding them a second time (4D-fy encoded twice). The grids' backward
         needs only the sample positions (:meth:`~fourdfy.field_components.hash_grid.HashGrid.attach_gradient`), so
         values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
-        the culling to the shading. Applies to space-time grids on the torch or Triton path; false: encode twice."""
+        the culling to the shading, and under ``checkpoint_samples`` until the backward (about 1 GB for a 4-view
+        256^2 batch of the random blob, 7.6 M samples). Applies to space-time grids on the torch or Triton path;
+        false: encode twice. Session 11 call A, same call: ``fourdfy_stage_1`` 0.160 / 0.157 against 0.171 / 0.173
+        s/it, ``fourdfy_stage_3`` 0.197 against 0.202, ``fourdfy_stage_3_vc`` 0.201 against 0.218."""
         occ_grid_res: int = ranged(32, ge=1)
         """Occupancy grid resolution."""
         checkpoint_samples: int = ranged(1_000_000, ge=0)
@@ -230,7 +233,10 @@ class NeRFVolumeRenderer(Renderer):
     ) -> Shading:  # fmt: skip
         """Field and material at sample positions and times (``encoding``: the samples' encodings from the
         culling pass, reused by the geometry)."""
-        geo = self.geometry(positions, times) if encoding is None else self.geometry(positions, times, encoding=encoding)
+        if encoding is None:
+            geo = self.geometry(positions, times)
+        else:
+            geo = self.geometry(positions, times, encoding=encoding)
         rgb = self.material(geo.features, viewdirs)
         return Shading(density=geo.density[:, 0], rgb=rgb, deformation=geo.deformation)
 
@@ -344,11 +350,8 @@ class MaskNeRFVolumeRenderer(NeRFVolumeRenderer):
         """Skip empty space with the occupancy grid (false: every cell stays occupied, never updated)."""
         prune_alpha_threshold: bool = True
         reuse_culling_encoding: bool = True
-        """Shade the samples that survive the alpha culling with the hash-grid encodings the culling's density
-        pass computed for them, instead of encoding them a second time (4D-fy encoded twice). The grids' backward
-        needs only the sample positions (:meth:`~fourdfy.field_components.hash_grid.HashGrid.attach_gradient`), so
-        values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
-        the culling to the shading. Applies to space-time grids on the torch or Triton path; false: encode twice."""
+        """Shade with the alpha culling's hash-grid encodings (see ``nerf-volume-renderer``'s key): the samples
+        beyond the gradient budget then need no encoding at all."""
         train_max_nums: int = 6000000
         """Per-iteration budget of gradient-carrying samples for video batches (divided over sub-renders)."""
         train_max_nums_static: int = 2000000
