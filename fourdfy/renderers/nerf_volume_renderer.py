@@ -92,6 +92,19 @@ def with_background(
     }
 
 
+class ForwardOnly:
+    """A value handed to a checkpointed function for its first call only: :meth:`take` returns it once, then
+    ``None``. A plain object, not a tensor, so the checkpoint does not keep the value for the recompute: a group's
+    culling encodings serve the forward and are freed with it, and the recompute in backward encodes again."""
+
+    def __init__(self, value: Optional[Tensor]) -> None:
+        self._value = value
+
+    def take(self) -> Optional[Tensor]:
+        value, self._value = self._value, None
+        return value
+
+
 def ray_groups(ray_indices: Int[Tensor, "S"], n_rays: int, group_samples: int) -> list[tuple[int, int, int, int]]:
     """Split packed samples (sorted by ray) into groups of whole, contiguous rays of about ``group_samples``
     samples each; returns ``(first_ray, end_ray, first_sample, end_sample)`` per group (ends exclusive).
@@ -145,8 +158,9 @@ class NeRFVolumeRenderer(Renderer):
         pass computed for them, instead of encoding them a second time (4D-fy encoded twice). The grids' backward
         needs only the sample positions (:meth:`~fourdfy.field_components.hash_grid.HashGrid.attach_gradient`), so
         values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
-        the culling to the shading, and under ``checkpoint_samples`` until the backward (about 1 GB for a 4-view
-        256^2 batch of the random blob, 7.6 M samples). Applies to space-time grids on the torch or Triton path;
+        the culling to the shading (under ``checkpoint_samples`` a group's serve its forward only: the recompute in
+        backward encodes again, so checkpointing holds no more memory than without the reuse). Applies to
+        space-time grids on the torch or Triton path;
         false: encode twice. Session 11 call A, same call: ``fourdfy_stage_1`` 0.160 / 0.157 against 0.171 / 0.173
         s/it, ``fourdfy_stage_3`` 0.197 against 0.202, ``fourdfy_stage_3_vc`` 0.201 against 0.218."""
         occ_grid_res: int = ranged(32, ge=1)
@@ -289,22 +303,23 @@ class NeRFVolumeRenderer(Renderer):
         """:func:`composite_foreground` of all rays, computed in ray groups of about ``group_samples`` samples
         (:func:`ray_groups`), each under ``torch.utils.checkpoint`` (non-reentrant; the RNG state is replayed in the
         recompute): the samples' activations of a group are freed after its forward and rebuilt in backward. The
-        culling's ``encoding`` of a group (no gradient of its own) is an input the checkpoint keeps, so the
-        recompute does not encode the group either."""
+        culling's ``encoding`` of a group serves its forward only (:class:`ForwardOnly`): the recompute encodes the
+        group again, so no encoding is held until the backward and checkpointing keeps the memory it had before
+        the reuse."""
         outputs = []
         for r0, r1, s0, s1 in ray_groups(ray_indices, rays_o.shape[0], group_samples):
             outputs.append(torch.utils.checkpoint.checkpoint(
                 self._shade_and_composite_group, ray_indices[s0:s1] - r0, t_starts[s0:s1], t_ends[s0:s1],
-                rays_o[r0:r1], rays_d[r0:r1], ray_times[r0:r1], None if encoding is None else encoding[s0:s1],
-                use_reentrant=False,
+                rays_o[r0:r1], rays_d[r0:r1], ray_times[r0:r1],
+                ForwardOnly(None if encoding is None else encoding[s0:s1]), use_reentrant=False,
             ))  # fmt: skip
         return tuple(None if out[0] is None else torch.cat(out) for out in zip(*outputs))
 
     def _shade_and_composite_group(
         self, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, rays_o: Tensor, rays_d: Tensor, ray_times: Tensor,
-        encoding: Optional[Tensor],
+        encoding: "ForwardOnly",
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:  # fmt: skip
-        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None, encoding)
+        shading = self.shade_samples(ray_indices, t_starts, t_ends, rays_o, rays_d, ray_times, None, encoding.take())
         return composite_foreground(shading, t_starts, t_ends, ray_indices, rays_o.shape[0])
 
     def forward(self, batch: CameraBatch, grad_budget: Optional[int] = None) -> RenderOutput:
