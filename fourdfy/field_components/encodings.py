@@ -155,7 +155,6 @@ class CompositeEncoding(nn.Module):
             return (self._prefix(x, out[0]), *out[1:])
         return self._prefix(x, out)
 
-
     def can_attach_gradient(self, x: Tensor) -> bool:
         """Whether :meth:`attach_gradient` works here: no xyz prefix, and the wrapped encoding supports it."""
         inner = getattr(self.encoding, "can_attach_gradient", None)
@@ -262,7 +261,6 @@ class HashGridSpatialTime(nn.Module):
         t = _time_column(times, x, self.static, "HashGridSpatialTime")
         enc = self.encoding(x) + self.encoding_time(torch.cat([x, t], dim=-1))
         return enc, None
-
 
     def can_attach_gradient(self, x: Tensor) -> bool:
         """Whether :meth:`attach_gradient` works for points like ``x`` (both grids on the torch or Triton path)."""

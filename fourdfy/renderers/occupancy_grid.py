@@ -237,7 +237,7 @@ class OccupancyGrid(nn.Module):
         extras = [e for e, ri in zip(out_extras, out_ri) if ri.shape[0] > 0]
         if not extras or any(e is None for e in extras):
             all_extras = None
-        else:  # one chunk (the common case) is returned as it is: no second copy of a large tensor
+        else:  # a single chunk's extras are returned as they are, without a second copy
             all_extras = extras[0] if len(extras) == 1 else torch.cat(extras)
         return (*out, all_extras)
 
