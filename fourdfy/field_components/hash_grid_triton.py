@@ -353,9 +353,9 @@ class _TritonHashGrid(torch.autograd.Function):
         grad_x, grad_params = hash_grid_backward_triton(
             xc, table, ctx.layout, grad_out, need_x=ctx.needs_input_grad[0], need_params=ctx.needs_input_grad[1]
         )
-        return (grad_x.to(x_dtype) if grad_x is not None else None), (
-            grad_params.to(p_dtype) if grad_params is not None else None
-        ), None
+        grad_x = None if grad_x is None else grad_x.to(x_dtype)
+        grad_params = None if grad_params is None else grad_params.to(p_dtype)
+        return grad_x, grad_params, None
 
 
 def hash_grid_backward_triton(

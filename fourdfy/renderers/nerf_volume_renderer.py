@@ -160,9 +160,9 @@ class NeRFVolumeRenderer(Renderer):
         values and gradients are the same; the kept encodings (32 floats per sample at 4D-fy's grid) are held from
         the culling to the shading (under ``checkpoint_samples`` a group's serve its forward only: the recompute in
         backward encodes again, so checkpointing holds no more memory than without the reuse). Applies to
-        space-time grids on the torch or Triton path;
-        false: encode twice. Session 11 call A, same call: ``fourdfy_stage_1`` 0.160 / 0.157 against 0.171 / 0.173
-        s/it, ``fourdfy_stage_3`` 0.197 against 0.202, ``fourdfy_stage_3_vc`` 0.201 against 0.218."""
+        space-time grids on the torch or Triton path; false: encode twice. Session 11 call A, same call:
+        ``fourdfy_stage_1`` 0.160 / 0.157 against 0.171 / 0.173 s/it, ``fourdfy_stage_3`` 0.197 against 0.202,
+        ``fourdfy_stage_3_vc`` 0.201 against 0.218."""
         occ_grid_res: int = ranged(32, ge=1)
         """Occupancy grid resolution."""
         checkpoint_samples: int = ranged(1_000_000, ge=0)
@@ -247,10 +247,7 @@ class NeRFVolumeRenderer(Renderer):
     ) -> Shading:  # fmt: skip
         """Field and material at sample positions and times (``encoding``: the samples' encodings from the
         culling pass, reused by the geometry)."""
-        if encoding is None:
-            geo = self.geometry(positions, times)
-        else:
-            geo = self.geometry(positions, times, encoding=encoding)
+        geo = self.geometry(positions, times, encoding=encoding)
         rgb = self.material(geo.features, viewdirs)
         return Shading(density=geo.density[:, 0], rgb=rgb, deformation=geo.deformation)
 

@@ -51,7 +51,7 @@ class GrowingSphere(nn.Module):
     def density_and_encoding(self, points: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.forward_density(points, times), None  # no encoding to reuse
 
-    def forward(self, points: torch.Tensor, times: torch.Tensor) -> SimpleNamespace:
+    def forward(self, points: torch.Tensor, times: torch.Tensor, encoding: None = None) -> SimpleNamespace:
         features = 4.0 * points + self._t(times)
         return SimpleNamespace(density=self.forward_density(points, times), features=features, dx=None)
 

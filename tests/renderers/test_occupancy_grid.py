@@ -232,13 +232,19 @@ def test_stratified_offsets_in_unit_step_and_reproducible():
     assert torch.equal(a[1], b[1])
 
 
-def test_chunking_gives_identical_results():
+def _half_occupied_grid_and_wall():
+    """An 8^3 grid with about half its cells occupied, 200 rays at it and a wall's ``sigma_fn`` (dense enough that
+    the alpha culling drops samples): ``(grid, rays_o, rays_d, sigma_fn)``."""
     res = 8
     grid = OccupancyGrid(resolution=res)
     grid.binaries.copy_(torch.rand(1, res, res, res, generator=torch.Generator().manual_seed(5)) < 0.5)
     grid.occs.fill_(0.5)
     rays_o, rays_d = _rays_at_box(200, seed=6)
-    sigma_fn = _wall_sigma_fn(rays_o, rays_d, sigma_wall=20.0, sigma_air=0.5)
+    return grid, rays_o, rays_d, _wall_sigma_fn(rays_o, rays_d, sigma_wall=20.0, sigma_air=0.5)
+
+
+def test_chunking_gives_identical_results():
+    grid, rays_o, rays_d, sigma_fn = _half_occupied_grid_and_wall()
     results = []
     for budget in (10**9, 1000, 37, 1):
         out = grid.sampling(
@@ -391,12 +397,7 @@ def test_update_is_reproducible_with_global_seed_and_generator():
 def test_extras_follow_the_kept_samples_in_every_chunking():
     """``with_extras``: what ``sigma_fn`` returns beside the densities comes back for exactly the kept samples, in
     their order (here the midpoints themselves), whatever the candidate chunks; ``None`` extras give ``None``."""
-    res = 8
-    grid = OccupancyGrid(resolution=res)
-    grid.binaries.copy_(torch.rand(1, res, res, res, generator=torch.Generator().manual_seed(5)) < 0.5)
-    grid.occs.fill_(0.5)
-    rays_o, rays_d = _rays_at_box(200, seed=6)
-    wall = _wall_sigma_fn(rays_o, rays_d, sigma_wall=20.0, sigma_air=0.5)
+    grid, rays_o, rays_d, wall = _half_occupied_grid_and_wall()
 
     def sigma_fn(t_starts, t_ends, ray_indices):
         return wall(t_starts, t_ends, ray_indices), _midpoints(rays_o, rays_d, ray_indices, t_starts, t_ends)
