@@ -17,13 +17,16 @@ What it does, in order:
 2. Runs the real Lightning training loop, with what ``launch.py`` adds to it (the divergence guard; TensorBoard and
    CSV loggers writing every ``trainer.log_every_n_steps``, unless ``--no-loggers``): ``--warmup`` untimed
    iterations (more until every drawn branch has run once, since a branch's first step captures its CUDA graphs),
-   ``--steps`` timed ones (CUDA-synchronised at the iteration boundaries only, nothing inside; an iteration runs
-   from the end of the previous one, so drawing and copying the batch and the other callbacks' hooks count:
-   "between ms" in the table), then
+   ``--steps`` timed ones (not synchronised, as in a training run, where the host may run ahead of the GPU: on
+   CUDA an iteration's time is the GPU's, between events recorded at the ends of consecutive iterations; the
+   host's clock between the same points is kept as ``host_seconds``; an iteration runs from the end of the
+   previous one, so drawing and copying the batch and the other callbacks' hooks count: "between ms" in the
+   table), then
    ``--breakdown-steps`` iterations in which every phase is synchronised and timed: occupancy update, render
    forward, guidance (VAE encode separately), backward, optimizer, and the rest ("host": data, Lightning, loss
    assembly, logging). Per branch and overall; samples per ray. On CUDA, one more iteration of each branch counts
-   the synchronising CUDA calls (host syncs) it makes, by source line.
+   the synchronising CUDA calls (host syncs) it makes, by source line, from its start to the next one's (the
+   end-of-step hooks, the loggers and the next batch included).
 3. ``--field fitted`` (or ``both``, after the random-field measurement) first fits the field photometrically to a
    synthetic object (two spheres, the smaller one moving with time) for ``--fit-steps`` steps and rebuilds the
    occupancy grid from the fitted field, so that samples per ray are those of a scene, not of the random blob.
@@ -114,6 +117,9 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
                    lambda tree: True),
     FastPathSwitch("system.geometry.mlp_network_config.precision", "fp32",
                    "field MLPs under the ambient fp16 autocast -> always fp32", lambda tree: True),
+    FastPathSwitch("system.defer_step_reads", "false",
+                   "logged values and the divergence guard's flags read a step late -> each step's end waits for the GPU",
+                   lambda tree: True),
     FastPathSwitch("system.optimizer.fused", "false", "fused optimizer step on CUDA -> torch's default (foreach)",
                    lambda tree: True),
     FastPathSwitch("system.renderer.checkpoint_samples", "0",
@@ -268,6 +274,9 @@ PHASES = ("occupancy", "render", "guidance", "vae_encode", "backward", "optimize
 """Breakdown columns. ``guidance`` excludes ``vae_encode``; ``host`` is the iteration's wall time outside the others
 (data, Lightning's loop, loss assembly, logging)."""
 
+UNSYNCED_MODES = ("warmup", "timed")
+"""Iterations the benchmark does not synchronise: they run as in a training run, the host ahead of the GPU."""
+
 ENCODE_METHODS = ("encode_video", "encode_frames", "encode_images")
 """The guidance method that runs the VAE encoder, first one present."""
 
@@ -284,6 +293,7 @@ class PhaseClock:
         self.on = False
         self.labels = False
         self.totals: dict[str, float] = {}
+        self.samples = 0  # samples rendered in the current iteration
         self._sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
@@ -345,6 +355,14 @@ def install_clock(system, cuda: bool) -> PhaseClock:
     whole call, and the first of :data:`ENCODE_METHODS` each has)."""
     clock = PhaseClock(cuda)
     clock.wrap(system.renderer, "forward", "render")
+    render = system.renderer.forward
+
+    def counted(*args, **kwargs):  # the step's samples, a host number (the logged one arrives a step late)
+        out = render(*args, **kwargs)
+        clock.samples += int(out.num_samples)
+        return out
+
+    system.renderer.forward = counted
     clock.wrap(system.renderer, "update_step", "occupancy")
     for guidance in system.guidances().values():
         clock.wrap(guidance, "guide", "guidance")
@@ -380,6 +398,8 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             self.warming = True  # until the first iteration that is not warm-up
             self.warmed: set[str] = set()  # branches run in warm-up
             self.prev_end: Optional[float] = None  # when the previous iteration ended (None after a profiled one)
+            self.prev_event: Any = None  # a CUDA event recorded there (timed iterations are measured between them)
+            self.counting: Optional[str] = None  # the branch whose host syncs are being counted
             self.prev_gc = (0.0, 0)  # the garbage collector's clock there
 
         def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
@@ -415,7 +435,22 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 return "pyprofile"
             return "done"
 
+        def _stop_counting(self) -> None:
+            """End the sync count (it runs from a step's start to the next one's: the end-of-step hooks, the
+            loggers and the next batch count)."""
+            if self.counting is None:
+                return
+            torch.cuda.set_sync_debug_mode(0)
+            self._caught.__exit__(None, None, None)
+            self.syncs[self.counting] = sum(self._sites.values())
+            self.sync_sites[self.counting] = dict(sorted(self._sites.items(), key=lambda kv: -kv[1]))
+            self.counting = None
+
+        def on_train_end(self, trainer, module) -> None:
+            self._stop_counting()
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self._stop_counting()
             self.kind = batch.kind.value
             self.mode = self._next_mode(batch_idx, self.kind)
             if self.mode == "warmup":
@@ -437,7 +472,10 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.py_profiler = self.py_profiler if self.py_profiled else cProfile.Profile()
                 self.py_profiler.enable()
             self.rays = batch.batch_size * batch.num_times * batch.height * batch.width
-            now = clock.mark()
+            clock.samples = 0
+            if self.mode not in UNSYNCED_MODES and self.prev_event is not None:
+                self.prev_end = None  # the previous iteration's end on the host was not its end on the GPU
+            now = time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark()
             # the iteration starts where the previous one ended: drawing the batch and copying it to the device
             # (Lightning's loop, before this hook) are part of what a training run pays per iteration
             self.data_seconds = now - self.prev_end if self.prev_end is not None else float("nan")
@@ -451,6 +489,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self._sites: dict[str, int] = {}
                 warnings.showwarning = self._record_sync  # restored by catch_warnings on exit
                 torch.cuda.set_sync_debug_mode(1)
+                self.counting = self.kind
 
         def on_before_backward(self, trainer, module, loss) -> None:
             if clock.on:
@@ -465,19 +504,23 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 self.optimizer_start = clock.mark()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            if self.mode == "syncs":
-                torch.cuda.set_sync_debug_mode(0)
-                self._caught.__exit__(None, None, None)
-                self.syncs[self.kind] = sum(self._sites.values())
-                self.sync_sites[self.kind] = dict(sorted(self._sites.items(), key=lambda kv: -kv[1]))
-            end = clock.mark()
+            # warm-up and timed iterations run as in training, without a sync: a CUDA event marks where each ends
+            # on the GPU's timeline (the seconds between two of them are filled in after the fit)
+            end = time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark()
+            event = None
+            if cuda:
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
             seconds = end - self.start
-            samples = float(trainer.callback_metrics.get("train/num_samples", float("nan")))
+            samples = float(clock.samples)
             row = {"step": trainer.global_step, "kind": self.kind, "seconds": seconds, "num_samples": samples,
                    "rays": self.rays, "samples_per_ray": samples / max(self.rays, 1),
                    "data_seconds": self.data_seconds, "gc_seconds": gc_clock.seconds - self.prev_gc[0],
                    "gc_full_collections": gc_clock.full - self.prev_gc[1]}  # fmt: skip
             if self.mode == "timed":
+                # the host's own clock (it runs ahead of the GPU by up to a step); "seconds" becomes the GPU's
+                row["host_seconds"] = seconds
+                row["events"] = (self.prev_event, event) if self.prev_event is not None else None
                 self.rows.append(row)
             elif self.mode == "breakdown":
                 if hasattr(self, "optimizer_start"):
@@ -516,7 +559,9 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     self.py_between.enable()
             clock.on = clock.labels = False
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
-            self.prev_end = None if self.mode in ("profile", "pyprofile") else clock.mark()
+            self.prev_end = None if self.mode in ("profile", "pyprofile") else (
+                time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark())
+            self.prev_event = event if self.mode in UNSYNCED_MODES else None
             self.prev_gc = (gc_clock.seconds, gc_clock.full)
             if self._next_mode(batch_idx + 1, "") == "done":
                 trainer.should_stop = True
@@ -536,8 +581,15 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
     finally:
         if log_dir is not None:
             log_dir.cleanup()
+    if cuda:
+        torch.cuda.synchronize()
+    for row in timer.rows:  # GPU timeline: from the previous iteration's end event to this one's
+        events = row.pop("events", None)
+        if events is not None:
+            row["seconds"] = events[0].elapsed_time(events[1]) / 1000.0
     summary = summarise(system, cfg, timer.rows, timer.breakdown, label, cuda)
-    return summary | {"host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
+    return summary | {"step_clock": "cuda_events" if cuda else "host",
+                      "host_syncs_by_kind": timer.syncs, "host_sync_sites_by_kind": timer.sync_sites,
                       "warmup_branches": sorted(timer.warmed), "rank": trainer.global_rank}  # fmt: skip
 
 
@@ -635,6 +687,8 @@ def summarise(system, cfg, timed: list[dict], breakdown: list[dict], label: str,
             "probability": weights.get(k, 0.0),
             # between the previous iteration's end and this one's training_step: batch, copy, hooks of the others
             "data_seconds_median": statistics.median(r.get("data_seconds", float("nan")) for r in v),
+            # the host's clock between the same two points (it runs ahead of the GPU, so its steps may differ)
+            "host_seconds_median": statistics.median(r.get("host_seconds", float("nan")) for r in v),
             # the collector runs now and then: its mean share of an iteration, and its full collections
             "gc_seconds_mean": statistics.mean(r.get("gc_seconds", float("nan")) for r in v),
             "gc_full_collections": sum(r.get("gc_full_collections", 0) for r in v)}

@@ -13,13 +13,19 @@
 4. every occupancy grid (a module with ``occs`` and ``binaries`` buffers): its values must stay finite and, once it
    has had an occupied cell, it must not become empty (nothing would be rendered any more).
 
-The checks are computed on the device as they come (multi-tensor kernels, :func:`finite_flags`) and read back
-together once, at the end of the step (one host synchronisation per step, where it stalls nothing: reading a flag
-before the backward pass would make the host wait for the whole forward pass before it could launch any backward
-kernel). On a failure it raises :class:`~fourdfy.errors.DivergenceError` naming the step, the first thing that
-went bad, in the order above, and the likely cause. Lightning's ``ModelCheckpoint`` runs after this callback in the
-same hook, so the bad state is never written: the last good ``last.ckpt`` (if one was saved) stays as it was, and
-the message says where it is.
+The checks are computed on the device as they come (multi-tensor kernels, :func:`finite_flags`); at the end of the
+step their flags are copied to the host together. With ``system.defer_step_reads`` (the default) they are read at
+the end of the *next* step (:class:`~fourdfy.utils.host_copy.HostCopy`), when the GPU has long finished them, so the
+host never waits for the GPU between steps; without it, at the step's own end (one host synchronisation per step).
+Reading a flag before the backward pass would make the host wait for the whole forward pass before it could launch
+any backward kernel. On a failure it raises :class:`~fourdfy.errors.DivergenceError` naming the step, the first
+thing that went bad, in the order above, and the likely cause.
+
+Nothing bad is ever saved: before a checkpoint is written (``on_save_checkpoint``, which Lightning calls before the
+file is opened), at validation and at the end of training the unread flags are read at once (:meth:`settle`), so
+the last good ``last.ckpt`` (if one was saved) stays as it was, and the message says where it is. A step run after
+a bad one (its deferred read) may compute on non-finite numbers; if it fails with another error, that error gets a
+note naming the divergence.
 """
 
 import dataclasses
@@ -32,6 +38,7 @@ import pytorch_lightning as pl
 import torch
 
 from fourdfy.errors import DivergenceError
+from fourdfy.utils.host_copy import HostCopy
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +100,16 @@ class DivergenceGuard(pl.Callback):
 
     Args:
         ckpt_dir: the trial's ``ckpts`` folder, named in the message with the last good checkpoint it holds.
+        defer: read a step's flags at the end of the next step (true) or of its own (false); ``None`` follows the
+            module's ``cfg.defer_step_reads`` (false for a module without it).
     """
 
-    def __init__(self, ckpt_dir: Optional[str | Path] = None) -> None:
+    def __init__(self, ckpt_dir: Optional[str | Path] = None, defer: Optional[bool] = None) -> None:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.defer = defer
         self._grid_had_cells: dict[str, bool] = {}
         self._pending: list[_Check] = []
+        self._unread: Optional[tuple[list[_Check], HostCopy]] = None  # a finished step's checks, flags on the way
         self._grids: Optional[tuple[int, list[tuple[str, torch.nn.Module]]]] = None  # (id of the module, its grids)
 
     # -- the checks: computed on the device as the step goes, read at its end ---------------------------------
@@ -136,12 +147,46 @@ class DivergenceGuard(pl.Callback):
             checks.append(_Check("grid_cells", step, [name], grid.binaries.any().reshape(1)))
         self._pending = []
         device = next((c.flags.device for c in checks if c.flags.numel() > 0), torch.device("cpu"))
-        flags = torch.cat([c.flags.to(device) for c in checks]).tolist()  # the step's one host sync
+        copy = HostCopy.start(torch.cat([c.flags.to(device) for c in checks]))
+        defer = self.defer if self.defer is not None else bool(getattr(getattr(pl_module, "cfg", None),
+                                                                         "defer_step_reads", False))
+        self.settle(trainer, pl_module)  # the previous step's flags (deferred): its work finished long ago
+        self._unread = (checks, copy)
+        if not defer:
+            self.settle(trainer, pl_module)  # this step's: the host waits for the GPU here
+
+    def settle(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        """Read and judge the flags not read yet (waiting for the GPU if need be); raise on a failure."""
+        if self._unread is None:
+            return
+        checks, copy = self._unread
+        self._unread = None
+        flags = copy.wait().tolist()
         for check in checks:
-            values, flags = flags[: len(check.names)], flags[len(check.names) :]
-            check.read = values
+            check.read, flags = flags[: len(check.names)], flags[len(check.names) :]
         for check in checks:
             self._judge(trainer, pl_module, check)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: torch.nn.Module, checkpoint: dict) -> None:
+        self.settle(trainer, pl_module)  # before the file is written: a bad state is never saved
+
+    def on_validation_start(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        self.settle(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        self.settle(trainer, pl_module)
+
+    def on_exception(self, trainer: Any, pl_module: torch.nn.Module, exception: BaseException) -> None:
+        """Another error in the step after a bad one (deferred read) gets a note naming the divergence; Lightning
+        re-raises the original error after its callbacks, so the note travels with it."""
+        if isinstance(exception, DivergenceError):
+            return
+        try:
+            self.settle(trainer, pl_module)
+        except DivergenceError as e:
+            exception.add_note(f"fourdfy: the step before had diverged: {e}")
+        except Exception:  # noqa: BLE001 (reading the flags must not hide the error being raised)
+            self._unread = None
 
     def _judge(self, trainer: Any, pl_module: torch.nn.Module, check: "_Check") -> None:
         if check.kind == "grid_cells":

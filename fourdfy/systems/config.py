@@ -50,6 +50,12 @@ class BaseSystemConfig:
     """Empty the CUDA cache after every validation step."""
     cleanup_after_test_step: bool = False
     """Empty the CUDA cache after every test step."""
+    defer_step_reads: bool = True
+    """Hand a training step's logged values to Lightning and the loggers, and read the divergence guard's flags,
+    at the end of the *next* step (copied to pinned host memory as the step ends), so that the host never waits
+    for the GPU between steps and prepares the next step while the GPU finishes this one. The loggers get the
+    same values at the same steps; the progress bar and ``trainer.callback_metrics`` show the previous step's.
+    False: every step's end waits for the GPU (4D-fy's behaviour). See ``fourdfy/systems/step_logs.py``."""
 
 
 

@@ -24,7 +24,6 @@ from fourdfy.systems import losses
 from fourdfy.systems.base import BaseSystem
 from fourdfy.systems.branches import BRANCH_SLOTS, Branch, BranchSlots, branch_probabilities
 from fourdfy.systems.config import FourDFYSystemConfig, LossConfig
-from fourdfy.utils.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +136,16 @@ class FourDFYSystem(BaseSystem):
         rgb = out.comp_rgb if branch.slots.video else out.frames()
         g_out: GuidanceOutput = guidance.guide(rgb, branch.prompt_embeddings, batch)
         n = batch.batch_size
-        numbers: dict[str, float] = {}  # Python numbers to log, sent to the device together (log_numbers)
+        logged: dict[str, torch.Tensor] = {}  # device scalars to log
+        numbers: dict[str, float] = {}  # Python numbers to log, sent to the device together (log_step)
         loss = out.comp_rgb.new_zeros(())
         for name, value in g_out.losses.items():
             weight = self.scheduled(getattr(self.cfg.loss, f"lambda_{name}"))
-            self.log(f"train/loss_{name}", value, batch_size=n)
+            logged[f"train/loss_{name}"] = value
             loss = loss + value * weight
         for name, value in g_out.stats.items():
             if isinstance(value, torch.Tensor):
-                self.log(f"train/{name}", value, batch_size=n)
+                logged[f"train/{name}"] = value
             else:
                 numbers[f"train/{name}"] = float(value)
         regularisers = {
@@ -161,33 +161,15 @@ class FourDFYSystem(BaseSystem):
             if weight > 0:
                 value = fn()
                 if value is not None:
-                    self.log(f"train/loss_{name}", value, batch_size=n)
+                    logged[f"train/loss_{name}"] = value
                     loss = loss + weight * value
         if self.logs_written_this_step():  # the loss weights only matter where the loggers write them
             for f in dataclasses.fields(self.cfg.loss):
                 numbers[f"train_params/{f.name}"] = self.scheduled(getattr(self.cfg.loss, f.name))
         numbers["train/num_samples"] = float(out.num_samples)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log_numbers(numbers, batch_size=n)
+        logged["train/loss"] = loss
+        self.log_step(logged, numbers, batch_size=n, prog_bar=("train/loss",))
         return loss
-
-    def logs_written_this_step(self) -> bool:
-        """Whether Lightning writes this training step's logged values to the loggers (every
-        ``trainer.log_every_n_steps``); true when that cannot be told (no trainer, another Lightning). Each
-        ``self.log`` call costs a few hundred microseconds of host time, so values the loggers would not write are
-        not logged."""
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
-
-    def log_numbers(self, numbers: dict[str, float], batch_size: int) -> None:
-        """``self.log`` each Python number, all sent to the device in one copy. Lightning turns every number it
-        is given into a device tensor, a host-to-device copy from pageable memory that synchronises the host with
-        the GPU: some 15 per iteration here. One copy from pinned memory, issued without blocking, makes none."""
-        if not numbers:
-            return
-        values = to_device(torch.tensor(list(numbers.values()), dtype=torch.float32), self.device)
-        for name, value in zip(numbers, values.unbind()):
-            self.log(name, value, batch_size=batch_size)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 

@@ -125,3 +125,45 @@ def test_non_finite_parameter_and_emptied_occupancy_grid():
         model.geometry.bias[0] = float("inf")
     with pytest.raises(DivergenceError, match=r"step 4: parameter geometry.bias became inf or NaN.*lr=5"):
         guard.on_train_batch_end(fake_trainer(5, model), model, None, None, 0)
+
+
+def test_deferred_flags_are_judged_a_step_later_and_before_anything_is_saved(tmp_path):
+    """``defer``: a step's flags are read at the end of the next step (naming the bad step), or at once before a
+    checkpoint is written, at validation and at the end of training."""
+    model = Toy()
+    guard = DivergenceGuard(tmp_path, defer=True)
+
+    def bad_step(step: int) -> None:
+        guard.on_train_batch_start(fake_trainer(step, model), model, None, 0)
+        guard.on_before_backward(fake_trainer(step, model), model, torch.tensor(float("nan")))
+        guard.on_train_batch_end(fake_trainer(step + 1, model), model, None, None, 0)  # no read yet: no raise
+
+    bad_step(3)
+    guard.on_train_batch_start(fake_trainer(4, model), model, None, 0)
+    with pytest.raises(DivergenceError, match=r"step 3: the loss is nan"):
+        guard.on_train_batch_end(fake_trainer(5, model), model, None, None, 0)
+    for settle in (
+        lambda t: guard.on_save_checkpoint(t, model, {}),
+        lambda t: guard.on_validation_start(t, model),
+        lambda t: guard.on_train_end(t, model),
+    ):  # fmt: skip
+        bad_step(7)
+        with pytest.raises(DivergenceError, match=r"step 7: the loss is nan"):
+            settle(fake_trainer(8, model))
+        guard.on_train_end(fake_trainer(8, model), model)  # read once: nothing left
+    # another error in the step after a bad one carries a note naming the divergence
+    bad_step(9)
+    error = RuntimeError("cuda kernel failed")
+    guard.on_exception(fake_trainer(10, model), model, error)
+    assert any("step 9: the loss is nan" in note for note in error.__notes__)
+    # the module's config decides when the guard is not told
+    for flag in (True, False):
+        model.cfg = SimpleNamespace(defer_step_reads=flag)
+        auto = DivergenceGuard()
+        auto.on_before_backward(fake_trainer(2, model), model, torch.tensor(float("inf")))
+        if flag:
+            auto.on_train_batch_end(fake_trainer(3, model), model, None, None, 0)
+            assert auto._unread is not None
+        else:
+            with pytest.raises(DivergenceError, match="step 2"):
+                auto.on_train_batch_end(fake_trainer(3, model), model, None, None, 0)

@@ -111,19 +111,26 @@ def test_freeze_static_modules_trains_the_temporal_part_on_every_branch():
     assert temporal and all(p.requires_grad == (id(p) in temporal) for p in system.parameters())
 
 
-def test_loss_weights_are_logged_only_on_steps_the_loggers_write(system_and_data, monkeypatch):
+@pytest.mark.parametrize("defer", [False, True])
+def test_loss_weights_are_logged_only_on_steps_the_loggers_write(system_and_data, monkeypatch, defer):
     """``self.log`` costs host time per call: the loss weights (``train_params/*``) are logged only where Lightning
-    writes to the loggers; the losses, statistics and sample count on every step."""
+    writes to the loggers; the losses, statistics and sample count on every step. Deferred
+    (``system.defer_step_reads``), a step stages them and marks whether its step is written."""
     system, dm = system_and_data
     system.train()
     system.renderer.update_step(0, 0)
+    monkeypatch.setattr(system.cfg, "defer_step_reads", defer)
     batch = batch_of(dm, BatchKind.MULTI_VIEW)
     for writes in (False, True):
         logged: list[str] = []
         monkeypatch.setattr(system, "log", lambda name, value, **kw: logged.append(name))
         connector = SimpleNamespace(should_update_logs=writes)
         monkeypatch.setattr(system, "_trainer", SimpleNamespace(_logger_connector=connector, global_step=0, current_epoch=0))
+        system._unlogged = None
         system.training_step(batch, 0)
+        if defer:
+            assert logged == [] and system._unlogged.write == writes  # nothing before this step to hand over
+            logged = system._unlogged.names
         params = [n for n in logged if n.startswith("train_params/")]
         assert len(params) == (8 if writes else 0)
         assert {"train/loss", "train/num_samples", "train/loss_sds"} <= set(logged)
