@@ -146,6 +146,8 @@ FAST_PATH_SWITCHES: tuple[FastPathSwitch, ...] = (
                    _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
     FastPathSwitch("system.guidance_video.compile_vae_encoder", "false", "video VAE encoder through torch.compile -> eager",
                    _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
+    FastPathSwitch("system.guidance_video.compile_unet", "false", "video UNet forward through torch.compile -> eager",
+                   _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
     FastPathSwitch("system.guidance_video.vae_checkpoint", "false",
                    "VAE encoder checkpointed frame by frame -> all gradient frames in one call",
                    _guidance_is("guidance_type_video", "zeroscope-guidance", "videocrafter-guidance")),
@@ -618,9 +620,10 @@ def sync_site(stack: list) -> str:
     torch or the warnings machinery; the path is cut after ``site-packages/`` or the repository root."""
     for frame in reversed(stack):
         path = frame.filename.replace(os.sep, "/")
-        if "/torch/" in path or path.endswith("/warnings.py"):
-            continue
         short = path.split("site-packages/")[-1]
+        # torch's own frames, not any path with a "torch" folder in it (a virtual environment may be named so)
+        if short.startswith("torch/") or path.endswith("/warnings.py"):
+            continue
         root = str(ROOT).replace(os.sep, "/") + "/"
         return f"{short[len(root):] if short.startswith(root) else short}:{frame.lineno} {frame.name}"
     return "?"

@@ -108,7 +108,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
     """``weights_dtype: auto`` takes this family's measured default (:mod:`fourdfy.guidance.precision`)."""
 
     @dataclasses.dataclass
-    class Config(video_sds.VaeEncoderConfig):
+    class Config(video_sds.VaeEncoderConfig, video_sds.VideoUnetConfig):
         pretrained_model_name_or_path: Optional[str] = None
         """``model.ckpt``: local path; the hub id ``VideoCrafter/VideoCrafter2``, ``""`` or null download it; or a
         stand-in name. 4D-fy's configs interpolate ``system.prompt_processor_video.pretrained_model_name_or_path``."""
@@ -153,6 +153,11 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         """On CUDA, replay the UNet forward from a CUDA graph (one per input shape and autocast state): the same
         computation with fewer kernel launches, at the cost of a private memory pool of the forward's peak
         activations."""
+        compile_unet: bool = False
+        """As for ZeroScope (``video_sds.VideoUnetConfig``), but off by default here: VideoCrafter2's UNet through
+        ``torch.compile`` has not been timed in the training loop yet, and under the test suite's runtime shape
+        checks (jaxtyping + beartype on ``extern``) Dynamo's fake tensors fail them, so it is tested with those
+        checks off."""
         device: Optional[str] = None
         """Run this guidance on its own device (e.g. ``cuda:1``); null: the system's device."""
 
@@ -190,7 +195,8 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         self.num_train_timesteps = int(table.shape[0])
         if c.enable_memory_efficient_attention:
             logger.info("%s.enable_memory_efficient_attention: already in effect (PyTorch SDPA attention)", self.path)
-        self._graphed_unet = GraphedForward(self._unet_call)
+        self._unet_forward = video_sds.CompiledCall(self._unet_call, c.compile_unet)
+        self._graphed_unet = GraphedForward(self._unet_forward)
         self.min_step, self.max_step = self.step_range(0, 0)
 
     def _load_pretrained(self) -> tuple[torch.nn.Module, torch.nn.Module, Tensor]:
@@ -329,7 +335,7 @@ class VideoCrafterGuidance(AnnealedStepGuidance):
         fps = torch.full((2 * z_t.shape[0],), self.cfg.fps, device=z_t.device)
         args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype), fps)
         with autocast:
-            eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args)
+            eps = (self._graphed_unet if self.cfg.cuda_graph else self._unet_forward)(*args)
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_cond, eps_uncond
 

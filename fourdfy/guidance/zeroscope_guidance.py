@@ -141,7 +141,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
     shrink it on an instance to run fast)."""
 
     @dataclasses.dataclass
-    class Config(video_sds.VaeEncoderConfig):
+    class Config(video_sds.VaeEncoderConfig, video_sds.VideoUnetConfig):
         pretrained_model_name_or_path: str = ZEROSCOPE_HUB_ID
         """Local diffusers folder (``unet/``, ``vae/``, ``scheduler/``), hub id, or a reserved stand-in name
         (``tiny-random-zeroscope``, ``random-init-zeroscope-v2-576w``)."""
@@ -244,7 +244,8 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
             )  # fmt: skip
         if c.enable_attention_slicing:
             self.unet.set_attention_slice(1)
-        self._graphed_unet = GraphedForward(self._unet_call)
+        self._unet_forward = video_sds.CompiledCall(self._unet_call, c.compile_unet)
+        self._graphed_unet = GraphedForward(self._unet_forward)
         self.min_step, self.max_step = self.step_range(0, 0)
         self._position = (0, 0)
 
@@ -370,7 +371,7 @@ class ZeroscopeGuidance(AnnealedStepGuidance):
         dtype = self.weights_dtype
         args = (torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]), torch.cat([cond, uncond]).to(dtype))
         with torch.autocast(device_type=z_t.device.type, enabled=False):
-            out = (self._graphed_unet if self.cfg.cuda_graph else self._unet_call)(*args).float()
+            out = (self._graphed_unet if self.cfg.cuda_graph else self._unet_forward)(*args).float()
         out_cond, out_uncond = out.chunk(2)
         a_t = self.alphas_cumprod[t]
         return (

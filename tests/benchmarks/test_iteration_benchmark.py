@@ -185,6 +185,9 @@ def test_sync_site_skips_torch_frames_and_shortens_paths():
     lightning = [frame("/venv/lib/python3.12/site-packages/pytorch_lightning/core/module.py", 662, "__to_tensor")]
     assert iteration.sync_site(lightning + stack[1:]) == "pytorch_lightning/core/module.py:662 __to_tensor"
     assert iteration.sync_site(stack[1:]) == "?"
+    # an environment in a folder named "torch" (the GPU machine's) is not torch's own code
+    env = [frame("/opt/torch/lib/python3.12/site-packages/pytorch_lightning/loops/fit_loop.py", 9, "advance")]
+    assert iteration.sync_site(env + stack[1:]) == "pytorch_lightning/loops/fit_loop.py:9 advance"
 
 
 def test_speed_table_marks_on_and_off_runs_of_different_commits():

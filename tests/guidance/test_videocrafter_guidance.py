@@ -323,3 +323,43 @@ def test_vae_channels_last_gives_the_same_latents_and_gradients(guidance):
     compare_vae_encodings(
         lambda flag: (guidances[flag].vae.encoder, guidances[flag].encode_frames), make_rgb(1, 4), weights, seed=9
     )
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
+    """``compile_unet`` (CUDA only; on the CPU ``torch.compile`` is a recorder that returns the function, so this
+    checks the wiring; on CUDA Inductor really compiles, with the suite's runtime shape checks off, since Dynamo's
+    fake tensors fail beartype's checks of ``extern``'s annotations): the UNet call through the compiled function,
+    inside the CUDA graph, predicts the eager noise (fp32); off (this guidance's default), nothing is compiled."""
+    import jaxtyping
+
+    from fourdfy.guidance import video_sds
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    recorded: list = []
+    if device == "cpu":
+        monkeypatch.setattr(video_sds.torch, "compile", lambda fn, **kw: recorded.append((fn, kw)) or fn)
+    else:
+        monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
+    monkeypatch.setattr(video_sds, "compiles_on", lambda d: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert make_guidance().cfg.compile_unet is False
+    compiled = make_guidance(compile_unet=True).to(device)
+    eager = make_guidance(cuda_graph=False).to(device)
+    eager.load_state_dict(compiled.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(5)
+    z_t = torch.randn(2, 4, 5, *LATENT, generator=gen).to(device)
+    t = torch.tensor([37, 911], device=device)
+    cond, uncond = (torch.randn(2, 77, 32, generator=gen).to(device) for _ in range(2))
+    with torch.no_grad():
+        expected = eager.predict_noise(z_t, t, cond, uncond)
+        for _ in range(2):  # on CUDA: the capture, then a replay
+            got = compiled.predict_noise(z_t, t, cond, uncond)
+            for a, b in zip(got, expected):
+                assert float(b.abs().max()) > 0
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert compiled._unet_forward._compiled is not None and eager._unet_forward._compiled is None
+    if device == "cpu":
+        assert recorded == [(compiled._unet_call, {"dynamic": False})]
+    assert compiled.state_dict().keys() == eager.state_dict().keys()

@@ -497,3 +497,42 @@ def test_compiled_vae_encoder_gives_the_eager_latents_and_gradients(monkeypatch,
     assert moments.compiled_for(x)
     compiled.vae.enable_tiling()
     assert not moments.compiled_for(x)  # diffusers' tiled encode is not what the compiled path computes
+
+
+def passthrough_compile(monkeypatch) -> list:
+    """``torch.compile`` as ``video_sds`` sees it, replaced by a recorder that returns the function itself (Inductor
+    takes minutes on a CPU even for the tiny UNet); the list gets each compiled function and its kwargs."""
+    compiled = []
+    monkeypatch.setattr(video_sds.torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
+    return compiled
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
+    """``compile_unet`` (CUDA only; on the CPU ``torch.compile`` is a recorder, so this checks the wiring; on CUDA
+    Inductor really compiles): the UNet call through the compiled function, inside the CUDA graph, predicts the
+    eager noise (fp32); off, nothing is compiled; the compiled function stays out of the state dict."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    recorded = passthrough_compile(monkeypatch) if device == "cpu" else None
+    monkeypatch.setattr(video_sds, "compiles_on", lambda d: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    settings = {"half_precision_weights": False}
+    compiled = make_guidance(**settings).to(device)
+    eager = make_guidance(compile_unet=False, cuda_graph=False, **settings).to(device)
+    eager.load_state_dict(compiled.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(5)
+    z_t = torch.randn(2, 4, 3, 8, 8, generator=gen).to(device)
+    t = torch.tensor([37, 911], device=device)
+    cond, uncond = (torch.randn(2, 7, 32, generator=gen).to(device) for _ in range(2))
+    with torch.no_grad():
+        expected = eager.predict_noise(z_t, t, cond, uncond)
+        for _ in range(2):  # on CUDA: the capture, then a replay
+            got = compiled.predict_noise(z_t, t, cond, uncond)
+            for a, b in zip(got, expected):
+                assert float(b.abs().max()) > 0
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert compiled._unet_forward._compiled is not None and eager._unet_forward._compiled is None
+    if recorded is not None:
+        assert [(fn, kw) for fn, kw in recorded] == [(compiled._unet_call, {"dynamic": False})]
+    assert compiled.state_dict().keys() == eager.state_dict().keys()

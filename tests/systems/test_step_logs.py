@@ -40,9 +40,15 @@ def test_deferred_logs_match_the_logs_of_steps_that_wait(tmp_path):
         ])  # fmt: skip
         assert rc == 0
         runs[defer] = _rows(tmp_path / defer)
-    key = lambda r: tuple(sorted(r.items()))  # noqa: E731 (the learning-rate rows interleave differently)
-    assert sorted(map(key, runs["true"])) == sorted(map(key, runs["false"]))
-    losses = [r for r in runs["true"] if r["train/loss"]]
+    if not torch.cuda.is_available():  # bit for bit on a CPU (the learning-rate rows interleave differently)
+        key = lambda r: tuple(sorted(r.items()))  # noqa: E731
+        assert sorted(map(key, runs["true"])) == sorted(map(key, runs["false"]))
+    # on a GPU two runs differ in the last bits (atomic adds in the hash grid's backward): the same rows and
+    # columns, the same first step
+    rows = {d: sorted((int(r["step"]), tuple(k for k, v in r.items() if v)) for r in runs[d]) for d in runs}
+    assert rows["true"] == rows["false"]
+    losses = {d: [r for r in runs[d] if r["train/loss"]] for d in runs}
     # every step's row, the last one written at the end of training, each at its own step
-    assert [int(r["step"]) for r in losses] == [0, 1, 2]
-    assert all(float(r["train/loss"]) > 0 and r["epoch"] == "0" for r in losses)
+    assert [int(r["step"]) for r in losses["true"]] == [0, 1, 2]
+    assert all(float(r["train/loss"]) > 0 and r["epoch"] == "0" for r in losses["true"])
+    assert float(losses["true"][0]["train/loss"]) == pytest.approx(float(losses["false"][0]["train/loss"]), rel=1e-3)
