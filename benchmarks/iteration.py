@@ -643,12 +643,11 @@ def run_callbacks_and_loggers(with_loggers: bool, freeze_gc: bool = True) -> tup
     always = [DivergenceGuard()] + ([FreezeSetupObjects()] if freeze_gc else [])
     if not with_loggers:
         return always, False, None
-    from pytorch_lightning.callbacks import LearningRateMonitor
 
-    from fourdfy.loggers import trial_loggers
+    from fourdfy.loggers import StepLearningRates, trial_loggers
 
     log_dir = tempfile.TemporaryDirectory(prefix="fourdfy-bench-logs-")
-    return [*always, LearningRateMonitor("step")], trial_loggers(Path(log_dir.name)), log_dir
+    return [*always, StepLearningRates()], trial_loggers(Path(log_dir.name)), log_dir
 
 
 def strategy(args, cuda: bool) -> Any:

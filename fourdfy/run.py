@@ -304,11 +304,11 @@ def build_trainer(
     import pytorch_lightning as pl
     import torch
     from lightning_fabric.utilities.exceptions import MisconfigurationException
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from fourdfy.garbage_collection import FreezeSetupObjects
     from fourdfy.guards import DivergenceGuard
-    from fourdfy.loggers import trial_loggers
+    from fourdfy.loggers import StepLearningRates, trial_loggers
     from fourdfy.progress import StepProgressBar
     from fourdfy.utils.checkpoint_io import AtomicCheckpointIO, clean_stale_temporaries
 
@@ -344,7 +344,7 @@ def build_trainer(
             checkpoint = ModelCheckpoint(dirpath=str(ckpts), enable_version_counter=False, **cfg.checkpoint)
         except (MisconfigurationException, ValueError, TypeError) as e:
             raise ConfigError(f"checkpoint: {e}") from None
-        callbacks += [DivergenceGuard(ckpts), checkpoint, LearningRateMonitor("step")]
+        callbacks += [DivergenceGuard(ckpts), checkpoint, StepLearningRates()]
         if cfg.freeze_gc:
             callbacks.append(FreezeSetupObjects())
         loggers = trial_loggers(trial)

@@ -55,7 +55,8 @@ class BaseSystemConfig:
     at the end of the *next* step (copied to pinned host memory as the step ends), so that the host never waits
     for the GPU between steps and prepares the next step while the GPU finishes this one. The loggers get the
     same values at the same steps; the progress bar and ``trainer.callback_metrics`` show the previous step's.
-    False: every step's end waits for the GPU (4D-fy's behaviour). See ``fourdfy/systems/step_logs.py``."""
+    The learning rates are then logged from the host too (``fourdfy.loggers.StepLearningRates``). False: every
+    step's end waits for the GPU (4D-fy's behaviour). See ``fourdfy/systems/step_logs.py``."""
 
 
 

@@ -70,3 +70,14 @@ def test_trial_loggers_keep_4dfy_folders(tmp_path):
     tb, csv = trial_loggers(tmp_path)
     assert isinstance(tb, ThrottledTensorBoardLogger)
     assert Path(tb.root_dir) == tmp_path / "tb_logs" and Path(csv.root_dir) == tmp_path / "csv_logs"
+
+
+def test_learning_rate_keys_follow_lightnings_monitor():
+    import torch
+
+    from fourdfy.loggers import learning_rates
+
+    w = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    named = torch.optim.AdamW([{"params": [w[0]], "name": "geometry", "lr": 0.01}, {"params": [w[1]], "lr": 0.5}])
+    assert learning_rates(named) == {"lr-AdamW/geometry": 0.01, "lr-AdamW/pg2": 0.5}
+    assert learning_rates(torch.optim.SGD([w[2]], lr=0.1)) == {"lr-SGD": 0.1}

@@ -1,5 +1,6 @@
 """``system.defer_step_reads``: a step's logged values reach the loggers a step later, at their own step, with the
-same values as when each step's end waits for the GPU."""
+same values as when each step's end waits for the GPU; the learning rates (``fourdfy.loggers.StepLearningRates`` on
+the host, against Lightning's ``LearningRateMonitor`` when off) under the same keys at the same steps."""
 
 import csv
 from pathlib import Path
@@ -50,5 +51,8 @@ def test_deferred_logs_match_the_logs_of_steps_that_wait(tmp_path):
     losses = {d: [r for r in runs[d] if r["train/loss"]] for d in runs}
     # every step's row, the last one written at the end of training, each at its own step
     assert [int(r["step"]) for r in losses["true"]] == [0, 1, 2]
+    lrs = {d: sorted((r["step"], r["lr-AdamW/geometry.encoding"]) for r in runs[d] if r["lr-AdamW/geometry.encoding"])
+           for d in runs}  # fmt: skip
+    assert lrs["true"] == lrs["false"] and len(lrs["true"]) == 3
     assert all(float(r["train/loss"]) > 0 and r["epoch"] == "0" for r in losses["true"])
     assert float(losses["true"][0]["train/loss"]) == pytest.approx(float(losses["false"][0]["train/loss"]), rel=1e-3)
