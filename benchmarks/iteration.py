@@ -437,6 +437,10 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                 return "pyprofile"
             return "done"
 
+        def _now(self) -> float:
+            """The host's clock; synchronised first, unless this iteration runs unsynchronised."""
+            return time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark()
+
         def _stop_counting(self) -> None:
             """End the sync count (it runs from a step's start to the next one's: the end-of-step hooks, the
             loggers and the next batch count)."""
@@ -477,7 +481,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
             clock.samples = 0
             if self.mode not in UNSYNCED_MODES and self.prev_event is not None:
                 self.prev_end = None  # the previous iteration's end on the host was not its end on the GPU
-            now = time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark()
+            now = self._now()
             # the iteration starts where the previous one ended: drawing the batch and copying it to the device
             # (Lightning's loop, before this hook) are part of what a training run pays per iteration
             self.data_seconds = now - self.prev_end if self.prev_end is not None else float("nan")
@@ -508,7 +512,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             # warm-up and timed iterations run as in training, without a sync: a CUDA event marks where each ends
             # on the GPU's timeline (the seconds between two of them are filled in after the fit)
-            end = time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark()
+            end = self._now()
             event = None
             if cuda:
                 event = torch.cuda.Event(enable_timing=True)
@@ -561,8 +565,7 @@ def measure(system, dm, cfg, args, label: str, trainer_cfg: dict, cuda: bool, cl
                     self.py_between.enable()
             clock.on = clock.labels = False
             # a profiled iteration prints its table after ``end``: the next one cannot start at ``end``
-            self.prev_end = None if self.mode in ("profile", "pyprofile") else (
-                time.perf_counter() if self.mode in UNSYNCED_MODES else clock.mark())
+            self.prev_end = None if self.mode in ("profile", "pyprofile") else self._now()
             self.prev_event = event if self.mode in UNSYNCED_MODES else None
             self.prev_gc = (gc_clock.seconds, gc_clock.full)
             if self._next_mode(batch_idx + 1, "") == "done":

@@ -53,3 +53,16 @@ def versions(*packages: str) -> dict[str, Optional[str]]:
         out["fourdfy_commit"] = None
         out["fourdfy_tree_matches_commit"] = None
     return out
+
+
+def write_report(report: dict, name: str, out: Optional[Path], tiny: bool) -> Path:
+    """Write a benchmark's JSON report to ``out``, or by default to ``benchmarks/results/<name>_<card slug>.json``
+    (``_tiny`` appended for a tiny-config smoke run); prints and returns the path."""
+    import json
+
+    if out is None:
+        out = REPO_ROOT / "benchmarks" / "results" / f"{name}_{slug(report['card'])}{'_tiny' if tiny else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/mvdream_unet_<card-slug>.json`` (override with ``--o
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import card_name, slug  # noqa: E402
+from benchmarks.machine import card_name, write_report  # noqa: E402
 from benchmarks.timing import time_calls  # noqa: E402
 from extern.mvdream.unet import MVDREAM_UNET_CONFIGS, MultiViewUNetModel  # noqa: E402
 
@@ -193,12 +192,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             report["timings"]["compiled"] = time_calls(lambda: compiled(**inputs), device, args.iters, args.warmup)
 
     print_table(report)
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"mvdream_unet_{slug(report['card'])}.json"
-    if args.tiny and args.out is None:
-        out = out.with_name(out.stem + "_tiny.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, "mvdream_unet", args.out, args.tiny)
     return report
 
 

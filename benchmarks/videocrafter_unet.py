@@ -21,7 +21,6 @@ Writes ``benchmarks/results/videocrafter_unet_<card-slug>.json`` (``_tiny`` appe
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import card_name, slug  # noqa: E402
+from benchmarks.machine import card_name, write_report  # noqa: E402
 from benchmarks.mvdream_unet import relative_error  # noqa: E402
 from benchmarks.timing import time_calls  # noqa: E402
 from extern.videocrafter.unet import VIDEOCRAFTER2_UNET_CONFIGS, VideoCrafterUNetModel  # noqa: E402
@@ -189,12 +188,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             print_row(precision, report["precisions"][precision])
 
     print_table(report)
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"videocrafter_unet_{slug(report['card'])}.json"
-    if args.tiny and args.out is None:
-        out = out.with_name(out.stem + "_tiny.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, "videocrafter_unet", args.out, args.tiny)
     return report
 
 

@@ -30,7 +30,6 @@ Writes ``benchmarks/results/zeroscope_unet_<card-slug>.json`` (``_tiny`` appende
 """
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.machine import card_name, slug, versions  # noqa: E402
+from benchmarks.machine import card_name, versions, write_report  # noqa: E402
 from benchmarks.mvdream_unet import relative_error  # noqa: E402
 from benchmarks.timing import time_calls  # noqa: E402
 from benchmarks.videocrafter_unet import peak_bytes  # noqa: E402
@@ -191,12 +190,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 print_row("compiled_graph", modes["compiled_graph"])
 
     print_table(report)
-    out = args.out or REPO_ROOT / "benchmarks" / "results" / f"zeroscope_unet_{slug(report['card'])}.json"
-    if args.tiny and args.out is None:
-        out = out.with_name(out.stem + "_tiny.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, "zeroscope_unet", args.out, args.tiny)
     return report
 
 

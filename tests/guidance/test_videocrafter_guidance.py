@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from compiled_unet import assert_compiled_unet_predicts_eager, passthrough_compile
 from vae_encodings import compare_vae_encodings
 
 from fourdfy.config import ConfigError
@@ -337,10 +338,8 @@ def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
 
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    recorded: list = []
-    if device == "cpu":
-        monkeypatch.setattr(video_sds.torch, "compile", lambda fn, **kw: recorded.append((fn, kw)) or fn)
-    else:
+    recorded = passthrough_compile(monkeypatch) if device == "cpu" else None
+    if device == "cuda":
         monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
     monkeypatch.setattr(video_sds, "compiles_on", lambda d: True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -352,14 +351,4 @@ def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
     z_t = torch.randn(2, 4, 5, *LATENT, generator=gen).to(device)
     t = torch.tensor([37, 911], device=device)
     cond, uncond = (torch.randn(2, 77, 32, generator=gen).to(device) for _ in range(2))
-    with torch.no_grad():
-        expected = eager.predict_noise(z_t, t, cond, uncond)
-        for _ in range(2):  # on CUDA: the capture, then a replay
-            got = compiled.predict_noise(z_t, t, cond, uncond)
-            for a, b in zip(got, expected):
-                assert float(b.abs().max()) > 0
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert compiled._unet_forward._compiled is not None and eager._unet_forward._compiled is None
-    if device == "cpu":
-        assert recorded == [(compiled._unet_call, {"dynamic": False})]
-    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    assert_compiled_unet_predicts_eager(compiled, eager, z_t, t, cond, uncond, recorded)

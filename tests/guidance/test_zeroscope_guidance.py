@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fourdfy import stand_ins
+from compiled_unet import assert_compiled_unet_predicts_eager, passthrough_compile
 from vae_encodings import compare_vae_encodings
 from fourdfy.config import ConfigError, parse_config
 from fourdfy.data.batch import BatchKind
@@ -499,14 +500,6 @@ def test_compiled_vae_encoder_gives_the_eager_latents_and_gradients(monkeypatch,
     assert not moments.compiled_for(x)  # diffusers' tiled encode is not what the compiled path computes
 
 
-def passthrough_compile(monkeypatch) -> list:
-    """``torch.compile`` as ``video_sds`` sees it, replaced by a recorder that returns the function itself (Inductor
-    takes minutes on a CPU even for the tiny UNet); the list gets each compiled function and its kwargs."""
-    compiled = []
-    monkeypatch.setattr(video_sds.torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
-    return compiled
-
-
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
     """``compile_unet`` (CUDA only; on the CPU ``torch.compile`` is a recorder, so this checks the wiring; on CUDA
@@ -525,14 +518,4 @@ def test_compiled_unet_gives_the_eager_noise_predictions(monkeypatch, device):
     z_t = torch.randn(2, 4, 3, 8, 8, generator=gen).to(device)
     t = torch.tensor([37, 911], device=device)
     cond, uncond = (torch.randn(2, 7, 32, generator=gen).to(device) for _ in range(2))
-    with torch.no_grad():
-        expected = eager.predict_noise(z_t, t, cond, uncond)
-        for _ in range(2):  # on CUDA: the capture, then a replay
-            got = compiled.predict_noise(z_t, t, cond, uncond)
-            for a, b in zip(got, expected):
-                assert float(b.abs().max()) > 0
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert compiled._unet_forward._compiled is not None and eager._unet_forward._compiled is None
-    if recorded is not None:
-        assert [(fn, kw) for fn, kw in recorded] == [(compiled._unet_call, {"dynamic": False})]
-    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    assert_compiled_unet_predicts_eager(compiled, eager, z_t, t, cond, uncond, recorded)
